@@ -1,0 +1,259 @@
+//! HTTP header rules that every kestra-edge layer shares, each written once.
+//!
+//! - [`remove_hop_by_hop`] drops the fields that describe one connection and must not be
+//!   forwarded (RFC 9110 §7.6.1).
+//! - [`list_items`] splits a comma-separated list field across all of its lines
+//!   (RFC 9110 §5.6.1), honouring quoted strings.
+//! - [`list_contains`] asks whether such a list holds a token, case-insensitively.
+//!
+//! ```
+//! use http::{HeaderMap, HeaderValue};
+//! use kestra_edge_headers::remove_hop_by_hop;
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("connection", HeaderValue::from_static("x-secret, keep-alive"));
+//! headers.insert("x-secret", HeaderValue::from_static("1"));
+//! headers.insert("te", HeaderValue::from_static("trailers, gzip"));
+//! headers.insert("accept", HeaderValue::from_static("*/*"));
+//! remove_hop_by_hop(&mut headers);
+//!
+//! assert!(headers.get("x-secret").is_none());
+//! assert_eq!(headers["te"], "trailers");
+//! assert_eq!(headers["accept"], "*/*");
+//! ```
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+/// `Keep-Alive` (RFC 9112 Appendix C.2.2), not a constant in `http`.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `Proxy-Connection`, a non-standard alias of `Connection` that clients still send.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The fields that are hop-by-hop whatever `Connection` says.
+///
+/// RFC 9110 §7.6.1 names `Connection`, `Proxy-Connection`, `Keep-Alive`, `TE`,
+/// `Transfer-Encoding` and `Upgrade`; `Trailer`, `Proxy-Authorization` and
+/// `Proxy-Authenticate` concern this hop's framing and credentials too (as in Go's `httputil`).
+pub const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    PROXY_CONNECTION,
+    KEEP_ALIVE,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TRAILER,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+];
+
+/// Removes every hop-by-hop field from `headers`.
+///
+/// That is each name in [`HOP_BY_HOP`] and every field named by any `Connection` line
+/// (RFC 9110 §7.6.1: "a proxy or gateway MUST parse a received Connection header field
+/// before a message is forwarded and, for each connection-option in this field, remove any
+/// header or trailer field(s) from the message with the same name"). A `TE` that lists
+/// `trailers` is replaced by `TE: trailers`, so the next hop still knows the client accepts
+/// trailers (RFC 9110 §10.1.4); its other codings concern this hop only.
+///
+/// Call it before adding the gateway's own fields: a client that lists `X-Forwarded-For` in
+/// `Connection` removes only its own copy.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = list_contains(headers, &TE, "trailers");
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = list_items(headers, &CONNECTION)
+            .filter_map(|item| HeaderName::from_bytes(item).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Returns whether the list field `name` holds `token`, compared ASCII case-insensitively.
+pub fn list_contains(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_items(headers, name).any(|item| item.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Iterates the items of the list field `name` over all of its lines, in order.
+///
+/// Items are split on commas outside quoted strings, trimmed of optional white space, and
+/// empty items are skipped (RFC 9110 §5.6.1: "a recipient MUST parse and ignore a reasonable
+/// number of empty list elements"). Items are bytes: a value with obs-text still yields its
+/// ASCII items.
+pub fn list_items<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|value| ListItems::new(value.as_bytes()))
+}
+
+/// Splits one field line into its list items.
+#[derive(Debug)]
+struct ListItems<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> ListItems<'a> {
+    fn new(line: &'a [u8]) -> Self {
+        Self { rest: line }
+    }
+}
+
+impl<'a> Iterator for ListItems<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while !self.rest.is_empty() {
+            let end = item_end(self.rest);
+            let item = trim_ows(&self.rest[..end]);
+            self.rest = self.rest.get(end + 1..).unwrap_or_default();
+            if !item.is_empty() {
+                return Some(item);
+            }
+        }
+        None
+    }
+}
+
+/// Index of the first comma outside a quoted string, or the length of `bytes`.
+fn item_end(bytes: &[u8]) -> usize {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if in_quotes && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            in_quotes = !in_quotes;
+        } else if b == b',' && !in_quotes {
+            return i;
+        }
+    }
+    bytes.len()
+}
+
+/// Trims optional white space (SP / HTAB, RFC 9110 §5.6.3) from both ends.
+fn trim_ows(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn removes_hop_by_hop_fields() {
+        // (input lines, names that remain)
+        let cases: &[(&[(&str, &str)], &[&str])] = &[
+            (&[("accept", "*/*")], &["accept"]),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("transfer-encoding", "chunked"),
+                    ("upgrade", "websocket"),
+                    ("trailer", "x-checksum"),
+                    ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+                    ("proxy-authenticate", "Basic"),
+                    ("te", "gzip"),
+                    ("host", "kestra.example"),
+                ],
+                &["host"],
+            ),
+            // Names listed in Connection, across several lines, any case, with empty items.
+            (
+                &[
+                    ("connection", "X-Forwarded-For, ,x-a"),
+                    ("connection", " X-B\t"),
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("x-a", "1"),
+                    ("x-b", "2"),
+                    ("x-c", "3"),
+                ],
+                &["x-c"],
+            ),
+            // A listed token that is no valid field name is ignored.
+            (
+                &[("connection", "close, bad name, x-a"), ("x-a", "1"), ("x-z", "1")],
+                &["x-z"],
+            ),
+            // TE keeps only `trailers`.
+            (&[("te", "gzip, Trailers")], &["te"]),
+            (&[("connection", "te"), ("te", "trailers")], &["te"]),
+        ];
+        for (input, expected) in cases {
+            let mut headers = map(input);
+            remove_hop_by_hop(&mut headers);
+            assert_eq!(names(&headers), *expected, "input: {input:?}");
+            if let Some(te) = headers.get(TE) {
+                assert_eq!(te, "trailers");
+            }
+        }
+    }
+
+    #[test]
+    fn list_items_split_outside_quotes() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["a, b,c"], &["a", "b", "c"]),
+            (&[" , a ,, ", "b"], &["a", "b"]),
+            (&[r#"for="[2001:db8::1]:4711", for=x"#], &[r#"for="[2001:db8::1]:4711""#, "for=x"]),
+            (&[r#"a="x,y", b"#], &[r#"a="x,y""#, "b"]),
+            (&[r#"a="x\",y", b"#], &[r#"a="x\",y""#, "b"]),
+            (&[""], &[]),
+        ];
+        for (lines, expected) in cases {
+            let input: Vec<(&str, &str)> = lines.iter().map(|l| ("x-list", *l)).collect();
+            let headers = map(&input);
+            let items: Vec<&[u8]> =
+                list_items(&headers, &HeaderName::from_static("x-list")).collect();
+            let expected: Vec<&[u8]> = expected.iter().map(|e| e.as_bytes()).collect();
+            assert_eq!(items, expected, "lines: {lines:?}");
+        }
+    }
+
+    #[test]
+    fn list_items_keep_ascii_items_of_obs_text_values() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_bytes(b"x-a, \xff").unwrap());
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
+    }
+}
