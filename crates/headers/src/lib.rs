@@ -56,26 +56,53 @@ pub const HOP_BY_HOP: [HeaderName; 9] = [
 /// before a message is forwarded and, for each connection-option in this field, remove any
 /// header or trailer field(s) from the message with the same name"). A `TE` that lists
 /// `trailers` is replaced by `TE: trailers`, so the next hop still knows the client accepts
-/// trailers (RFC 9110 §10.1.4); its other codings concern this hop only.
+/// trailers (RFC 9110 §10.1.4); its other codings concern this hop only. A `Trailer`
+/// announcement is likewise rebuilt from the names that survive: hyper (like most HTTP/1.1
+/// encoders) sends only announced trailers, so dropping it would drop the trailers.
 ///
 /// Call it before adding the gateway's own fields: a client that lists `X-Forwarded-For` in
 /// `Connection` removes only its own copy.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = list_contains(headers, &TE, "trailers");
+    let mut listed: Vec<HeaderName> = Vec::new();
     if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = list_items(headers, &CONNECTION)
-            .filter_map(|item| HeaderName::from_bytes(item).ok())
-            .collect();
-        for name in listed {
+        listed.extend(
+            list_items(headers, &CONNECTION).filter_map(|item| HeaderName::from_bytes(item).ok()),
+        );
+        for name in &listed {
             headers.remove(name);
         }
     }
+    let announced = headers
+        .contains_key(TRAILER)
+        .then(|| announced_trailers(headers, &listed))
+        .flatten();
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+    if let Some(announced) = announced {
+        headers.insert(TRAILER, announced);
+    }
+}
+
+/// The `Trailer` names that are neither hop-by-hop nor listed in `Connection`, as one value.
+fn announced_trailers(headers: &HeaderMap, listed: &[HeaderName]) -> Option<HeaderValue> {
+    let mut names: Vec<&[u8]> = Vec::new();
+    for item in list_items(headers, &TRAILER) {
+        let Ok(name) = HeaderName::from_bytes(item) else {
+            continue;
+        };
+        if !HOP_BY_HOP.contains(&name) && !listed.contains(&name) {
+            names.push(item);
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&names.join(&b", "[..])).ok()
 }
 
 /// Returns whether the list field `name` holds `token`, compared ASCII case-insensitively.
@@ -195,7 +222,7 @@ mod tests {
                     ("te", "gzip"),
                     ("host", "kestra.example"),
                 ],
-                &["host"],
+                &["host", "trailer"],
             ),
             // Names listed in Connection, across several lines, any case, with empty items.
             (
@@ -217,6 +244,16 @@ mod tests {
             // TE keeps only `trailers`.
             (&[("te", "gzip, Trailers")], &["te"]),
             (&[("connection", "te"), ("te", "trailers")], &["te"]),
+            // Trailer is re-announced without hop-by-hop or Connection-listed names.
+            (
+                &[
+                    ("trailer", "x-checksum, transfer-encoding"),
+                    ("trailer", "x-private"),
+                    ("connection", "x-private"),
+                ],
+                &["trailer"],
+            ),
+            (&[("trailer", "keep-alive, bad name")], &[]),
         ];
         for (input, expected) in cases {
             let mut headers = map(input);
@@ -224,6 +261,9 @@ mod tests {
             assert_eq!(names(&headers), *expected, "input: {input:?}");
             if let Some(te) = headers.get(TE) {
                 assert_eq!(te, "trailers");
+            }
+            if let Some(trailer) = headers.get(TRAILER) {
+                assert_eq!(trailer, "x-checksum");
             }
         }
     }

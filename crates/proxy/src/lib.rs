@@ -1,1 +1,43 @@
-//! placeholder
+//! The streaming reverse-proxy service at the heart of kestra-edge.
+//!
+//! [`ReverseProxy`] is a tower [`Service`](tower::Service) that forwards every request to one
+//! upstream (`http://host:port`, Kestra's webserver) over a pooled keep-alive client, and
+//! streams the answer back. It is the counterpart of the seed nginx block's `proxy_pass`,
+//! `proxy_http_version 1.1`, `proxy_set_header Host $http_host`, `proxy_read_timeout` and
+//! `proxy_buffering off`: bodies are never buffered whole, in either direction.
+//!
+//! ```no_run
+//! use kestra_edge_proxy::ReverseProxyBuilder;
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let proxy = ReverseProxyBuilder::new("http://127.0.0.1:8080")
+//!     .connect_timeout(Duration::from_secs(10))
+//!     .read_timeout(Duration::from_secs(600))
+//!     .build::<hyper::body::Incoming>()?;
+//! # let _ = proxy;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | failure | answer |
+//! |---|---|
+//! | upstream refused or unreachable | 502 `upstream unavailable` |
+//! | connect took longer than `connect_timeout` | 504 `upstream connect timed out` |
+//! | no response head within `read_timeout` of the last request byte | 504 `upstream response timed out` |
+//! | upstream closed or sent no valid HTTP | 502 `upstream connection failed` |
+//! | the client's request body failed | 400 `request body failed` |
+//! | upstream silent for `read_timeout` mid-body, or died mid-body | the client's transfer is aborted |
+
+mod body;
+mod error;
+mod future;
+mod service;
+
+pub use body::{ProxyBody, RequestBody};
+pub use error::{BodyError, ProxyError};
+pub use future::ResponseFuture;
+pub use service::{
+    BuildError, ReverseProxy, ReverseProxyBuilder, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_READ_TIMEOUT,
+};

@@ -1,1 +1,260 @@
-//! placeholder
+//! The accept loop that kestra-edge's binary, its tests and the stand-in all serve with.
+//!
+//! [`Server`] serves a tower service on a [`TcpListener`]:
+//!
+//! - HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on the same port, with hyper-util's
+//!   auto builder and upgrades enabled (`serve_connection_with_upgrades`);
+//! - a timer installed, so the HTTP/1 header read timeout applies (slow-header clients are
+//!   disconnected);
+//! - `TCP_NODELAY` on every accepted socket;
+//! - each request carries a [`PeerAddr`] extension (the TCP peer) and a [`LocalAddr`]
+//!   extension (the listener address it came in on);
+//! - graceful shutdown: when `shutdown` resolves, accepting stops at once, in-flight requests
+//!   finish within the grace period, then every remaining connection is closed.
+//!
+//! ```no_run
+//! use kestra_edge_server::Server;
+//! use std::{convert::Infallible, time::Duration};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let service = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+//!     Ok::<_, Infallible>(http::Response::new(String::from("pong")))
+//! });
+//! let server = Server::bind("127.0.0.1:0".parse().unwrap())
+//!     .await?
+//!     .shutdown_grace(Duration::from_secs(30));
+//! println!("listening on {}", server.local_addr()?);
+//! server.serve(service, std::future::pending::<()>()).await
+//! # }
+//! ```
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use std::{
+    convert::Infallible,
+    error::Error as StdError,
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+use tower::Service;
+
+/// Default for [`Server::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Server::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The TCP peer of the connection a request arrived on (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The local address of the connection a request arrived on (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr(pub SocketAddr);
+
+/// Live connection counts of a [`Server`], readable while it serves.
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    inner: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    open: AtomicUsize,
+    accepted: AtomicU64,
+}
+
+impl Connections {
+    /// Connections currently open (upgraded connections count until their tunnel ends).
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Connections accepted since the server started.
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Acquire)
+    }
+
+    fn opened(&self) -> OpenGuard {
+        self.inner.accepted.fetch_add(1, Ordering::AcqRel);
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(self.inner.clone())
+    }
+}
+
+/// Decrements the open count when a connection task ends, however it ends.
+struct OpenGuard(Arc<Counts>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves a tower service over TCP; see the [crate docs](crate).
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    header_read_timeout: Duration,
+    shutdown_grace: Duration,
+    connections: Connections,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Ok(Self::from_listener(TcpListener::bind(addr).await?))
+    }
+
+    /// Serves on an already bound listener.
+    pub fn from_listener(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            connections: Connections::default(),
+        }
+    }
+
+    /// The longest an HTTP/1 client may take to send a request head (default 30 s).
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long in-flight requests may run after shutdown begins (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle on the live connection counts.
+    pub fn connections(&self) -> Connections {
+        self.connections.clone()
+    }
+
+    /// Serves `service` until `shutdown` resolves and the grace period has run its course.
+    pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let local = self.listener.local_addr()?;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "TCP_NODELAY not set");
+            }
+            let service = TowerToHyperService::new(AddConnectionInfo {
+                inner: service.clone(),
+                peer: PeerAddr(peer),
+                local: LocalAddr(local),
+            });
+            let guard = self.connections.opened();
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tasks.spawn(async move {
+                if let Err(err) = conn.await {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                drop(guard);
+            });
+        }
+
+        drop(self.listener);
+        tracing::info!(
+            open = self.connections.open(),
+            grace = ?self.shutdown_grace,
+            "shutting down: no longer accepting"
+        );
+        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.connections.open(),
+                "grace period over: closing remaining connections"
+            );
+        }
+        tasks.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Inserts [`PeerAddr`] and [`LocalAddr`] into every request of one connection.
+#[derive(Debug, Clone)]
+struct AddConnectionInfo<S> {
+    inner: S,
+    peer: PeerAddr,
+    local: LocalAddr,
+}
+
+impl<S, B> Service<Request<B>> for AddConnectionInfo<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        req.extensions_mut().insert(self.peer);
+        req.extensions_mut().insert(self.local);
+        self.inner.call(req)
+    }
+}

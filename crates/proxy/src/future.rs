@@ -1,0 +1,144 @@
+//! The future that waits for the upstream's response head.
+
+use crate::{body::Progress, error::ProxyError, ProxyBody};
+use http::{header::CONTENT_TYPE, HeaderValue, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy;
+use kestra_edge_headers::remove_hop_by_hop;
+use pin_project_lite::pin_project;
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tokio::time::{Instant, Sleep};
+use tracing::Span;
+
+pin_project! {
+    /// Response future of [`ReverseProxy`](crate::ReverseProxy).
+    #[derive(Debug)]
+    pub struct ResponseFuture {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind {
+        Waiting {
+            #[pin]
+            inner: legacy::ResponseFuture,
+            #[pin]
+            sleep: Sleep,
+            progress: Option<Arc<Progress>>,
+            start: Instant,
+            read_timeout: Duration,
+            span: Span,
+        },
+        Answer {
+            response: Option<Response<ProxyBody>>,
+        },
+    }
+}
+
+impl ResponseFuture {
+    pub(crate) fn new(
+        inner: legacy::ResponseFuture,
+        progress: Option<Arc<Progress>>,
+        start: Instant,
+        read_timeout: Duration,
+        span: Span,
+    ) -> Self {
+        Self {
+            kind: Kind::Waiting {
+                inner,
+                sleep: tokio::time::sleep_until(start + read_timeout),
+                progress,
+                start,
+                read_timeout,
+                span,
+            },
+        }
+    }
+
+    /// A future that answers at once with the gateway's own `status` and `text`.
+    pub(crate) fn answer(status: StatusCode, text: &'static str) -> Self {
+        Self {
+            kind: Kind::Answer {
+                response: Some(plain_response(status, text)),
+            },
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Waiting {
+                inner,
+                mut sleep,
+                progress,
+                start,
+                read_timeout,
+                span,
+            } => {
+                let _enter = span.enter();
+                let result = match inner.poll(cx) {
+                    Poll::Ready(Ok(response)) => Ok(response),
+                    Poll::Ready(Err(err)) => Err(ProxyError::from_client(err)),
+                    Poll::Pending => loop {
+                        ready!(sleep.as_mut().poll(cx));
+                        // The timer counts from the last request byte, not from the start.
+                        let last = progress.as_ref().map_or(*start, |p| p.last());
+                        let deadline = last + *read_timeout;
+                        if deadline <= Instant::now() {
+                            break Err(ProxyError::ResponseTimeout);
+                        }
+                        sleep.as_mut().reset(deadline);
+                    },
+                };
+                let upstream_ms = start.elapsed().as_secs_f64() * 1e3;
+                span.record("upstream_ms", upstream_ms);
+                let response = match result {
+                    Ok(response) => proxied_response(response, *read_timeout),
+                    Err(err) => {
+                        tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), upstream_ms, "proxy failed");
+                        plain_response(err.status(), &err.to_string())
+                    }
+                };
+                span.record("status", response.status().as_u16());
+                tracing::debug!("response head");
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Answer { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The upstream's response as sent to the client: hop-by-hop fields removed, body streamed.
+fn proxied_response(response: Response<Incoming>, read_timeout: Duration) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ProxyBody::upstream(body, read_timeout))
+}
+
+/// The gateway's own short plain-text answer.
+fn plain_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::message(format!("{text}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,286 @@
+//! [`ReverseProxy`] and its builder.
+
+use crate::{
+    body::{Progress, RequestBody},
+    error::BoxError,
+    future::ResponseFuture,
+};
+use http::{
+    header::{HeaderValue, HOST},
+    uri::{Authority, PathAndQuery, Scheme},
+    Method, Request, StatusCode, Uri, Version,
+};
+use http_body::Body;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use kestra_edge_headers::remove_hop_by_hop;
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::Service;
+
+/// Default for [`ReverseProxyBuilder::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ReverseProxyBuilder::read_timeout`]: the seed nginx block's `proxy_read_timeout 600s`.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default for [`ReverseProxyBuilder::pool_idle_timeout`].
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A configuration that [`ReverseProxyBuilder::build`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The upstream is not a URI.
+    #[error("upstream {0:?} is not a valid URL")]
+    InvalidUpstream(String),
+    /// The upstream is not `http://host[:port]`.
+    #[error("upstream {0:?} must be http://host[:port] (no TLS, no path, no query)")]
+    UnsupportedUpstream(String),
+    /// A timeout of zero would fail every request.
+    #[error("{0} must be greater than zero")]
+    ZeroTimeout(&'static str),
+}
+
+/// Configures and builds a [`ReverseProxy`].
+#[derive(Debug, Clone)]
+pub struct ReverseProxyBuilder {
+    upstream: String,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    preserve_host: bool,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+impl ReverseProxyBuilder {
+    /// Starts a proxy to `upstream`, a base URL `http://host[:port]`.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            preserve_host: true,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: usize::MAX,
+        }
+    }
+
+    /// The longest wait for a TCP connection to the upstream (default 10 s); past it, 504.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest silence from the upstream (default 600 s): the wait for the response head
+    /// after the last request byte (else 504), and the wait between two reads of the
+    /// response body (else the client's transfer is aborted). Like nginx's
+    /// `proxy_read_timeout`, it limits idleness, not the total.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Sends the client's `Host` upstream (the default, nginx's `Host $http_host`); with
+    /// `false`, the upstream's own authority.
+    pub fn preserve_host(mut self, preserve: bool) -> Self {
+        self.preserve_host = preserve;
+        self
+    }
+
+    /// How long an idle pooled upstream connection is kept (default 90 s).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// How many idle upstream connections are kept (default: no limit).
+    pub fn pool_max_idle(mut self, max: usize) -> Self {
+        self.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// Validates the configuration and builds the proxy for request bodies of type `B`.
+    pub fn build<B>(self) -> Result<ReverseProxy<B>, BuildError>
+    where
+        B: Body + Send + 'static + Unpin,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let uri: Uri = self
+            .upstream
+            .parse()
+            .map_err(|_| BuildError::InvalidUpstream(self.upstream.clone()))?;
+        let unsupported = || BuildError::UnsupportedUpstream(self.upstream.clone());
+        if uri.scheme() != Some(&Scheme::HTTP) || uri.query().is_some() {
+            return Err(unsupported());
+        }
+        if !matches!(uri.path(), "" | "/") {
+            return Err(unsupported());
+        }
+        let authority = uri.authority().cloned().ok_or_else(unsupported)?;
+        if authority.as_str().contains('@') {
+            return Err(unsupported());
+        }
+        let authority_header =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| unsupported())?;
+        if self.connect_timeout.is_zero() {
+            return Err(BuildError::ZeroTimeout("connect_timeout"));
+        }
+        if self.read_timeout.is_zero() {
+            return Err(BuildError::ZeroTimeout("read_timeout"));
+        }
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .build(connector);
+
+        Ok(ReverseProxy {
+            client,
+            shared: Arc::new(Shared {
+                authority,
+                authority_header,
+                read_timeout: self.read_timeout,
+                preserve_host: self.preserve_host,
+            }),
+        })
+    }
+}
+
+/// What every request of one proxy shares.
+#[derive(Debug)]
+struct Shared {
+    authority: Authority,
+    authority_header: HeaderValue,
+    read_timeout: Duration,
+    preserve_host: bool,
+}
+
+/// A tower service that forwards each request to one upstream and streams the answer back.
+///
+/// - Bodies stream frame by frame both ways, trailers included; memory stays bounded by
+///   hyper's buffers whatever the body size.
+/// - Hop-by-hop fields are removed both ways ([`remove_hop_by_hop`]).
+/// - The path and query pass byte for byte; the request goes upstream as HTTP/1.1.
+/// - `Host` is the client's (an HTTP/2 `:authority` or an absolute-form target's authority
+///   wins, RFC 9112 §3.2.2), or the upstream's with `preserve_host(false)`.
+/// - Failures are answers ([`ProxyError`](crate::ProxyError)): 502, 504, 400. A failure
+///   after the head was sent ends the body with an error, so the client's transfer aborts.
+/// - A request is retried only when hyper proves it was never written to a reused pooled
+///   connection.
+///
+/// Each request runs in a `proxy` tracing span (level DEBUG) with `method`, `path`,
+/// `status` and `upstream_ms` (time to the response head).
+pub struct ReverseProxy<B> {
+    client: Client<HttpConnector, RequestBody<B>>,
+    shared: Arc<Shared>,
+}
+
+impl<B> Clone for ReverseProxy<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for ReverseProxy<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReverseProxy")
+            .field("upstream", &self.shared.authority)
+            .field("read_timeout", &self.shared.read_timeout)
+            .field("preserve_host", &self.shared.preserve_host)
+            .finish()
+    }
+}
+
+impl<B> ReverseProxy<B> {
+    /// The upstream's `host:port`.
+    pub fn upstream(&self) -> &Authority {
+        &self.shared.authority
+    }
+
+    /// The `Host` value sent upstream.
+    fn host(&self, req: &Request<B>) -> Option<HeaderValue> {
+        if !self.shared.preserve_host {
+            return Some(self.shared.authority_header.clone());
+        }
+        match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => None,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for ReverseProxy<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<crate::ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client queues internally; there is no readiness to wait for.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        let start = Instant::now();
+        let span = tracing::debug_span!(
+            "proxy",
+            method = %req.method(),
+            path = %req.uri().path(),
+            status = tracing::field::Empty,
+            upstream_ms = tracing::field::Empty,
+        );
+        // A CONNECT tunnel to an arbitrary target is a forward proxy's job, not ours.
+        if req.method() == Method::CONNECT {
+            return ResponseFuture::answer(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        let host = self.host(&req);
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(self.shared.authority.clone());
+        uri.path_and_query = Some(path_and_query);
+        let Ok(uri) = Uri::from_parts(uri) else {
+            // `OPTIONS *` and other non-path targets have no origin-form to forward.
+            return ResponseFuture::answer(StatusCode::BAD_REQUEST, "invalid request target");
+        };
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        remove_hop_by_hop(&mut parts.headers);
+        if let Some(host) = host {
+            parts.headers.insert(HOST, host);
+        }
+
+        let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::new(start)));
+        let req = Request::from_parts(parts, RequestBody::new(body, progress.clone()));
+        let future = {
+            let _enter = span.enter();
+            self.client.request(req)
+        };
+        ResponseFuture::new(future, progress, start, self.shared.read_timeout, span)
+    }
+}

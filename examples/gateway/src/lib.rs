@@ -1,0 +1,285 @@
+//! The `kestra-edge` gateway: configuration (flags, environment, TOML file) and the serve
+//! loop the binary runs. Tests start the same [`Gateway`] in-process.
+
+use clap::Parser;
+use kestra_edge::{server::Server, KestraEdge};
+use kestra_edge_standin::{Standin, StandinConfig};
+use serde::Deserialize;
+use std::{future::Future, io, net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Defaults, shared by the flags' help and the merge.
+mod defaults {
+    use std::time::Duration;
+
+    pub(crate) const LISTEN: &str = "127.0.0.1:8000";
+    pub(crate) const UPSTREAM: &str = "http://127.0.0.1:8080";
+    pub(crate) const CONNECT_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_CONNECT_TIMEOUT;
+    pub(crate) const READ_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_READ_TIMEOUT;
+    pub(crate) const HEADER_TIMEOUT: Duration =
+        kestra_edge::server::DEFAULT_HEADER_READ_TIMEOUT;
+    pub(crate) const SHUTDOWN_GRACE: Duration = kestra_edge::server::DEFAULT_SHUTDOWN_GRACE;
+}
+
+/// Which `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HostHeader {
+    /// The client's `Host` (nginx's `Host $http_host`).
+    #[default]
+    Client,
+    /// The upstream's `host:port`.
+    Upstream,
+}
+
+/// The reverse proxy in front of Kestra.
+///
+/// Every flag can also be set with its environment variable or in the TOML file given by
+/// `--config` (keys are the flag names with `_` for `-`); a flag beats its variable, which
+/// beats the file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "kestra-edge", version, about, long_about = None)]
+pub struct Args {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "KESTRA_EDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8000].
+    #[arg(long, env = "KESTRA_EDGE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Kestra's webserver, http://host:port [default: http://127.0.0.1:8080].
+    #[arg(long, env = "KESTRA_EDGE_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Longest wait to connect to the upstream [default: 10s].
+    #[arg(long, env = "KESTRA_EDGE_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Longest upstream silence: before the response head, and between two body reads
+    /// (nginx's proxy_read_timeout) [default: 600s].
+    #[arg(long, env = "KESTRA_EDGE_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub read_timeout: Option<Duration>,
+    /// Longest time a client may take to send its request head [default: 30s].
+    #[arg(long, env = "KESTRA_EDGE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, how long in-flight requests may finish [default: 30s].
+    #[arg(long, env = "KESTRA_EDGE_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Host header sent upstream [default: client].
+    #[arg(long, env = "KESTRA_EDGE_HOST_HEADER", value_name = "WHICH")]
+    pub host_header: Option<HostHeader>,
+    /// Start a Kestra stand-in on a free port and front it (ignores --upstream).
+    #[arg(long, env = "KESTRA_EDGE_DEMO")]
+    pub demo: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// The settings a TOML file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    upstream: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    shutdown_grace: Option<Duration>,
+    host_header: Option<HostHeader>,
+    demo: Option<bool>,
+}
+
+/// Durations in the TOML file are humantime strings (`"600s"`, `"2m"`).
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The `--config` file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The stack refused the settings.
+    #[error(transparent)]
+    Build(#[from] kestra_edge::BuildError),
+}
+
+/// The resolved settings of a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Upstream base URL.
+    pub upstream: String,
+    /// See `--connect-timeout`.
+    pub connect_timeout: Duration,
+    /// See `--read-timeout`.
+    pub read_timeout: Duration,
+    /// See `--header-timeout`.
+    pub header_timeout: Duration,
+    /// See `--shutdown-grace`.
+    pub shutdown_grace: Duration,
+    /// See `--host-header`.
+    pub host_header: HostHeader,
+    /// See `--demo`.
+    pub demo: bool,
+}
+
+impl GatewayConfig {
+    /// Defaults for fronting `upstream`, listening on `127.0.0.1:0`: what tests start from.
+    pub fn for_upstream(upstream: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream: upstream.into(),
+            ..Self::resolve(Args::default(), FileConfig::default())
+        }
+    }
+
+    /// Merges flags and environment (already in `args`) over the `--config` file over the
+    /// defaults.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Ok(Self::resolve(args, file))
+    }
+
+    fn resolve(args: Args, file: FileConfig) -> Self {
+        Self {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| {
+                defaults::LISTEN
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000)))
+            }),
+            upstream: args
+                .upstream
+                .or(file.upstream)
+                .unwrap_or_else(|| defaults::UPSTREAM.to_owned()),
+            connect_timeout: args
+                .connect_timeout
+                .or(file.connect_timeout)
+                .unwrap_or(defaults::CONNECT_TIMEOUT),
+            read_timeout: args
+                .read_timeout
+                .or(file.read_timeout)
+                .unwrap_or(defaults::READ_TIMEOUT),
+            header_timeout: args
+                .header_timeout
+                .or(file.header_timeout)
+                .unwrap_or(defaults::HEADER_TIMEOUT),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(defaults::SHUTDOWN_GRACE),
+            host_header: args.host_header.or(file.host_header).unwrap_or_default(),
+            demo: args.demo || file.demo.unwrap_or(false),
+        }
+    }
+}
+
+/// A gateway bound to its address, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    server: Server,
+    edge: KestraEdge<hyper::body::Incoming>,
+    standin: Option<Standin>,
+}
+
+impl Gateway {
+    /// Builds the stack and binds the listener; with `demo`, starts the stand-in first.
+    pub async fn bind(mut config: GatewayConfig) -> Result<Self, GatewayError> {
+        let standin = if config.demo {
+            let standin = Standin::start(StandinConfig::default()).await?;
+            config.upstream = standin.url();
+            Some(standin)
+        } else {
+            None
+        };
+        let edge = KestraEdge::builder(config.upstream.clone())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .preserve_host(config.host_header == HostHeader::Client)
+            .build()
+            .map_err(ConfigError::from)?;
+        let server = Server::bind(config.listen)
+            .await?
+            .header_read_timeout(config.header_timeout)
+            .shutdown_grace(config.shutdown_grace);
+        Ok(Self {
+            server,
+            edge,
+            standin,
+        })
+    }
+
+    /// The address the gateway listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The demo stand-in, when `demo` is on.
+    pub fn standin(&self) -> Option<&Standin> {
+        self.standin.as_ref()
+    }
+
+    /// Live connection counts of the listener.
+    pub fn connections(&self) -> kestra_edge::server::Connections {
+        self.server.connections()
+    }
+
+    /// Serves until `shutdown` resolves and the grace period has run its course.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let Self {
+            server,
+            edge,
+            standin,
+        } = self;
+        let result = server.serve(edge, shutdown).await;
+        drop(standin);
+        result
+    }
+}
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A socket could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] io::Error),
+}
