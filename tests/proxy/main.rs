@@ -304,6 +304,31 @@ async fn silent_upstream_is_504_after_the_read_timeout() {
 }
 
 #[tokio::test]
+async fn read_timeout_counts_from_the_last_request_byte() {
+    // The upload takes ~1 s, more than three read timeouts: it must not be answered 504,
+    // because the upstream cannot answer before the body is complete.
+    let stack = Stack::start_with(|c| c.read_timeout = Duration::from_millis(300)).await;
+    let body = futures_util::stream::unfold(0u32, |sent| async move {
+        if sent == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789")), sent + 1))
+    });
+    let started = Instant::now();
+    let response = client()
+        .post(stack.url("/kestra/api/v1/upload"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(response.status(), 200);
+    let uploaded: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(uploaded["length"], 100);
+}
+
+#[tokio::test]
 async fn upstream_that_closes_without_answering_is_502_and_not_retried() {
     let upstream = RawUpstream::start(|stream| async move { drop(stream) }).await;
     let gateway = RunningGateway::start(GatewayConfig::for_upstream(upstream.url())).await;
