@@ -27,7 +27,9 @@ async fn hundred_mb_each_way_with_bounded_memory() {
     let baseline = peak_rss_kib();
 
     let chunk = Bytes::from(vec![7u8; 1 << 20]);
-    let body = futures_util::stream::iter((0..LEN >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let body = futures_util::stream::iter(
+        (0..LEN >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
     let response = client()
         .post(stack.url("/kestra/api/v1/upload"))
         .body(reqwest::Body::wrap_stream(body))
@@ -50,5 +52,8 @@ async fn hundred_mb_each_way_with_bounded_memory() {
     assert_eq!(received, LEN);
 
     let growth = peak_rss_kib().saturating_sub(baseline);
-    assert!(growth < BOUND_KIB, "peak RSS grew by {growth} KiB moving 200 MiB");
+    assert!(
+        growth < BOUND_KIB,
+        "peak RSS grew by {growth} KiB moving 200 MiB"
+    );
 }

@@ -7,8 +7,8 @@ use futures_util::StreamExt;
 use kestra_edge_gateway::{GatewayConfig, HostHeader};
 use kestra_edge_standin::Echo;
 use kestra_edge_tests::{
-    client, closed_port, eventually, raw_body, raw_exchange, raw_status, sha256_hex,
-    RawUpstream, RunningGateway, Stack,
+    client, closed_port, eventually, raw_body, raw_exchange, raw_status, sha256_hex, RawUpstream,
+    RunningGateway, Stack,
 };
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -113,7 +113,8 @@ async fn download_of_100_mb_streams_through_intact() {
 async fn hop_by_hop_request_headers_are_removed() {
     let stack = Stack::start().await;
     // Each case: extra request lines, headers that must not arrive, headers that must.
-    let cases: &[(&str, &[&str], &[(&str, &str)])] = &[
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: &[Case<'_>] = &[
         (
             "Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n",
             &["connection", "keep-alive", "proxy-connection"],
@@ -299,8 +300,15 @@ async fn silent_upstream_is_504_after_the_read_timeout() {
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(started.elapsed() < 5 * SECOND);
-    assert_eq!(response.text().await.unwrap(), "upstream response timed out\n");
-    assert_eq!(upstream.requests(), 1, "a request that reached the upstream is never retried");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "upstream response timed out\n"
+    );
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "a request that reached the upstream is never retried"
+    );
 }
 
 #[tokio::test]
@@ -313,7 +321,10 @@ async fn read_timeout_counts_from_the_last_request_byte() {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        Some((Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789")), sent + 1))
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789")),
+            sent + 1,
+        ))
     });
     let started = Instant::now();
     let response = client()
@@ -339,7 +350,10 @@ async fn upstream_that_closes_without_answering_is_502_and_not_retried() {
         .await
         .unwrap();
     assert_eq!(response.status(), 502);
-    assert_eq!(response.text().await.unwrap(), "upstream connection failed\n");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "upstream connection failed\n"
+    );
     assert_eq!(upstream.requests(), 1);
 }
 
@@ -466,8 +480,7 @@ async fn trailers_pass_both_ways() {
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     let echo: Echo =
-        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
-            .unwrap();
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(echo.body_length, 4);
     assert_eq!(
         echo.trailers,

@@ -134,7 +134,10 @@ pub fn raw_body(response: &[u8]) -> &[u8] {
 
 /// The status code of a raw HTTP/1.1 response.
 pub fn raw_status(response: &[u8]) -> u16 {
-    std::str::from_utf8(&response[9..12]).unwrap().parse().unwrap()
+    std::str::from_utf8(&response[9..12])
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// A scripted upstream on raw TCP: for each connection it reads one request head, counts it

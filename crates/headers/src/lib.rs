@@ -207,7 +207,8 @@ mod tests {
     #[test]
     fn removes_hop_by_hop_fields() {
         // (input lines, names that remain)
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
             (&[("accept", "*/*")], &["accept"]),
             (
                 &[
@@ -238,7 +239,11 @@ mod tests {
             ),
             // A listed token that is no valid field name is ignored.
             (
-                &[("connection", "close, bad name, x-a"), ("x-a", "1"), ("x-z", "1")],
+                &[
+                    ("connection", "close, bad name, x-a"),
+                    ("x-a", "1"),
+                    ("x-z", "1"),
+                ],
                 &["x-z"],
             ),
             // TE keeps only `trailers`.
@@ -273,7 +278,10 @@ mod tests {
         let cases: &[(&[&str], &[&str])] = &[
             (&["a, b,c"], &["a", "b", "c"]),
             (&[" , a ,, ", "b"], &["a", "b"]),
-            (&[r#"for="[2001:db8::1]:4711", for=x"#], &[r#"for="[2001:db8::1]:4711""#, "for=x"]),
+            (
+                &[r#"for="[2001:db8::1]:4711", for=x"#],
+                &[r#"for="[2001:db8::1]:4711""#, "for=x"],
+            ),
             (&[r#"a="x,y", b"#], &[r#"a="x,y""#, "b"]),
             (&[r#"a="x\",y", b"#], &[r#"a="x\",y""#, "b"]),
             (&[""], &[]),

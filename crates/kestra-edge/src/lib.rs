@@ -129,8 +129,12 @@ impl<B> Clone for KestraEdge<B> {
 
 impl<B> Service<Request<B>> for KestraEdge<B>
 where
-    ReverseProxy<B>:
-        Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible, Future = ResponseFuture>,
+    ReverseProxy<B>: Service<
+        Request<B>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = ResponseFuture,
+    >,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;

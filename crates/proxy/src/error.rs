@@ -108,9 +108,21 @@ mod tests {
         let io = || Box::new(std::io::Error::other("x")) as BoxError;
         let cases = [
             (ProxyError::Connect(io()), 502, "upstream unavailable"),
-            (ProxyError::ConnectTimeout, 504, "upstream connect timed out"),
-            (ProxyError::ResponseTimeout, 504, "upstream response timed out"),
-            (ProxyError::Upstream(io()), 502, "upstream connection failed"),
+            (
+                ProxyError::ConnectTimeout,
+                504,
+                "upstream connect timed out",
+            ),
+            (
+                ProxyError::ResponseTimeout,
+                504,
+                "upstream response timed out",
+            ),
+            (
+                ProxyError::Upstream(io()),
+                502,
+                "upstream connection failed",
+            ),
             (ProxyError::RequestBody(io()), 400, "request body failed"),
         ];
         for (err, status, text) in cases {

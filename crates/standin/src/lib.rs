@@ -392,22 +392,23 @@ async fn follow(State(state): State<Arc<AppState>>, Query(query): Query<FollowQu
 
 async fn ws_echo(ws: WebSocketUpgrade) -> Response {
     use axum::extract::ws::Message;
-    ws.max_message_size(64 << 20).on_upgrade(|mut socket| async move {
-        while let Some(Ok(message)) = socket.recv().await {
-            let reply = match message {
-                Message::Text(_) | Message::Binary(_) => message,
-                Message::Close(frame) => {
-                    let _ = socket.send(Message::Close(frame)).await;
+    ws.max_message_size(64 << 20)
+        .on_upgrade(|mut socket| async move {
+            while let Some(Ok(message)) = socket.recv().await {
+                let reply = match message {
+                    Message::Text(_) | Message::Binary(_) => message,
+                    Message::Close(frame) => {
+                        let _ = socket.send(Message::Close(frame)).await;
+                        break;
+                    }
+                    // axum answers pings itself.
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if socket.send(reply).await.is_err() {
                     break;
                 }
-                // axum answers pings itself.
-                Message::Ping(_) | Message::Pong(_) => continue,
-            };
-            if socket.send(reply).await.is_err() {
-                break;
             }
-        }
-    })
+        })
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,8 +15,7 @@ mod defaults {
     pub(crate) const UPSTREAM: &str = "http://127.0.0.1:8080";
     pub(crate) const CONNECT_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_CONNECT_TIMEOUT;
     pub(crate) const READ_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_READ_TIMEOUT;
-    pub(crate) const HEADER_TIMEOUT: Duration =
-        kestra_edge::server::DEFAULT_HEADER_READ_TIMEOUT;
+    pub(crate) const HEADER_TIMEOUT: Duration = kestra_edge::server::DEFAULT_HEADER_READ_TIMEOUT;
     pub(crate) const SHUTDOWN_GRACE: Duration = kestra_edge::server::DEFAULT_SHUTDOWN_GRACE;
 }
 
@@ -96,7 +95,9 @@ mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
             .transpose()

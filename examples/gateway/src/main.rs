@@ -1,15 +1,18 @@
 //! `kestra-edge`: the reverse proxy in front of Kestra. `kestra-edge --help` lists the flags.
 
 use clap::Parser;
-use kestra_edge_gateway::{Args, Gateway, GatewayConfig};
+use kestra_edge_gateway::{Args, Gateway, GatewayConfig, GatewayError};
 use std::{net::SocketAddr, process::ExitCode};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let config = match GatewayConfig::from_args(Args::parse()) {
@@ -23,7 +26,11 @@ async fn main() -> ExitCode {
         Ok(gateway) => gateway,
         Err(err) => {
             tracing::error!("{err}");
-            return ExitCode::FAILURE;
+            // Exit 2 for a configuration the user must fix, like clap's own usage errors.
+            return match err {
+                GatewayError::Config(_) => ExitCode::from(2),
+                GatewayError::Io(_) => ExitCode::FAILURE,
+            };
         }
     };
     let addr = match gateway.local_addr() {
