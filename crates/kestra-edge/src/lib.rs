@@ -1,7 +1,7 @@
 //! kestra-edge: the reverse proxy in front of Kestra, as tower middleware.
 //!
 //! [`KestraEdge`] composes the kestra-edge layers, in the order they must run, around the
-//! streaming [`ReverseProxy`](proxy::ReverseProxy), so a custom gateway gets the whole stack
+//! streaming [`proxy::ReverseProxy`], so a custom gateway gets the whole stack
 //! in one call. It replaces the nginx block of Kestra's documentation (`proxy_pass`,
 //! `proxy_http_version 1.1`, `Host $http_host`, `proxy_read_timeout 600s`,
 //! `proxy_buffering off`).
@@ -40,6 +40,11 @@
 //! # Ok(())
 //! # }
 //! ```
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 use axum::Router;
 use http::{Request, Response};

@@ -284,3 +284,69 @@ where
         ResponseFuture::new(future, progress, start, self.shared.read_timeout, span)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Empty;
+
+    type TestBody = Empty<bytes::Bytes>;
+
+    #[test]
+    fn upstream_is_validated_when_built() {
+        let accepted = [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "http://kestra",
+            "http://[::1]:8080",
+        ];
+        for upstream in accepted {
+            let proxy = ReverseProxyBuilder::new(upstream).build::<TestBody>();
+            assert!(proxy.is_ok(), "{upstream}: {proxy:?}");
+        }
+        let refused = [
+            "",
+            "kestra:8080",
+            "https://kestra:8443",
+            "ftp://kestra",
+            "http://kestra:8080/kestra",
+            "http://kestra:8080/?a=1",
+            "http://user:pass@kestra:8080",
+            "http://",
+            "not a url",
+        ];
+        for upstream in refused {
+            let proxy = ReverseProxyBuilder::new(upstream).build::<TestBody>();
+            assert!(proxy.is_err(), "{upstream} was accepted");
+        }
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let zero = ReverseProxyBuilder::new("http://127.0.0.1:8080")
+            .read_timeout(Duration::ZERO)
+            .build::<TestBody>();
+        assert!(matches!(zero, Err(BuildError::ZeroTimeout("read_timeout"))));
+        let zero = ReverseProxyBuilder::new("http://127.0.0.1:8080")
+            .connect_timeout(Duration::ZERO)
+            .build::<TestBody>();
+        assert!(matches!(
+            zero,
+            Err(BuildError::ZeroTimeout("connect_timeout"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn connect_is_answered_405_and_never_forwarded() {
+        use tower::ServiceExt;
+        // Nothing listens on port 9 of a test box; CONNECT must not even try it.
+        let proxy = ReverseProxyBuilder::new("http://127.0.0.1:9")
+            .build::<TestBody>()
+            .unwrap();
+        let request = Request::connect("kestra.example:443")
+            .body(TestBody::new())
+            .unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

@@ -258,3 +258,46 @@ where
         self.inner.call(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn requests_carry_the_peer_and_local_addresses() {
+        let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let local = server.local_addr().unwrap();
+        let connections = server.connections();
+        let service = tower::service_fn(|req: Request<Incoming>| async move {
+            let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.to_string());
+            let local = req.extensions().get::<LocalAddr>().map(|l| l.0.to_string());
+            Ok::<_, Infallible>(Response::new(format!("{peer:?} {local:?}")))
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(service, async {
+            let _ = stopped.await;
+        }));
+
+        let mut stream = tokio::net::TcpStream::connect(local).await.unwrap();
+        let peer = stream.local_addr().unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(
+            response.ends_with(&format!("Some(\"{peer}\") Some(\"{local}\")")),
+            "{response}"
+        );
+        assert_eq!(connections.accepted(), 1);
+
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!(connections.open(), 0);
+        assert!(tokio::net::TcpStream::connect(local).await.is_err());
+    }
+}
