@@ -373,6 +373,37 @@ async fn upstream_silent_mid_body_aborts_the_client_transfer() {
 }
 
 #[tokio::test]
+async fn a_client_that_stalls_longer_than_the_read_timeout_still_gets_everything() {
+    // The read timeout limits upstream silence; a reader that pauses is backpressure.
+    let stack = Stack::start_with(|c| c.read_timeout = Duration::from_millis(200)).await;
+    const LEN: usize = 64 << 20;
+    let mut stream = tokio::net::TcpStream::connect(stack.gateway.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /kestra/api/v1/download?bytes={LEN} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = stream.read(&mut buf).await.unwrap();
+    // The pause is the scenario itself: five read timeouts with nobody reading.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    loop {
+        match stream.read(&mut buf).await.unwrap() {
+            0 => break,
+            n => received += n,
+        }
+    }
+    // Head plus the whole body: a cut transfer would stop short of LEN.
+    assert!(received > LEN, "only {received} bytes arrived");
+}
+
+#[tokio::test]
 async fn upstream_dying_mid_body_aborts_the_client_transfer() {
     let upstream = RawUpstream::start(|mut stream| async move {
         let _ = stream

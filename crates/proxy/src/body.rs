@@ -108,11 +108,13 @@ pin_project! {
         Upstream {
             #[pin]
             body: Incoming,
-            // One timer for the whole body: it is re-armed only when it fires, not per frame,
-            // so a fast body costs one clock read per frame and no timer work.
+            // One timer for the whole body, re-armed only when it fires: frames that are ready
+            // cost no clock read and no timer work.
             #[pin]
             sleep: Sleep,
-            last_read: Instant,
+            // When the proxy began waiting on the upstream; `None` while frames flow. A client
+            // that stops reading is backpressure, not upstream silence, so it never counts.
+            waiting_since: Option<Instant>,
             read_timeout: Duration,
         },
         Message {
@@ -128,7 +130,7 @@ impl ProxyBody {
             kind: Kind::Upstream {
                 body,
                 sleep: tokio::time::sleep_until(now + read_timeout),
-                last_read: now,
+                waiting_since: None,
                 read_timeout,
             },
         }
@@ -157,16 +159,18 @@ impl Body for ProxyBody {
             KindProj::Upstream {
                 body,
                 mut sleep,
-                last_read,
+                waiting_since,
                 read_timeout,
             } => {
                 if let Poll::Ready(frame) = body.poll_frame(cx) {
-                    *last_read = Instant::now();
+                    *waiting_since = None;
                     return Poll::Ready(frame.map(|r| r.map_err(BodyError::Upstream)));
                 }
+                let since = *waiting_since.get_or_insert_with(Instant::now);
                 loop {
                     ready!(sleep.as_mut().poll(cx));
-                    let deadline = *last_read + *read_timeout;
+                    // The timer may be from an earlier wait: re-arm it for this one.
+                    let deadline = since + *read_timeout;
                     if deadline <= Instant::now() {
                         return Poll::Ready(Some(Err(BodyError::ReadTimeout)));
                     }
