@@ -78,7 +78,14 @@ impl Stack {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut GatewayConfig)) -> Self {
-        let standin = Standin::start(StandinConfig::default()).await.unwrap();
+        Self::start_standin_with(StandinConfig::default(), configure).await
+    }
+
+    pub async fn start_standin_with(
+        standin: StandinConfig,
+        configure: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
+        let standin = Standin::start(standin).await.unwrap();
         let mut config = GatewayConfig::for_upstream(standin.url());
         configure(&mut config);
         let gateway = RunningGateway::start(config).await;

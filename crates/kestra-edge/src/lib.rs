@@ -1,21 +1,26 @@
 //! kestra-edge: the reverse proxy in front of Kestra, as tower middleware.
 //!
 //! [`KestraEdge`] composes the kestra-edge layers, in the order they must run, around the
-//! streaming [`proxy::ReverseProxy`], so a custom gateway gets the whole stack
-//! in one call. It replaces the nginx block of Kestra's documentation (`proxy_pass`,
+//! streaming [`proxy::ReverseProxy`], so a custom gateway gets the whole stack in one call.
+//! It replaces the nginx block of Kestra's documentation (`location /kestra`, `proxy_pass`,
 //! `proxy_http_version 1.1`, `Host $http_host`, `proxy_read_timeout 600s`,
-//! `proxy_buffering off`).
+//! `proxy_buffering off`). From the outside in:
+//!
+//! 1. [`prefix`]: the context path (keep or strip), when one is configured; requests outside
+//!    it are answered 404, unsafe paths 400, before anything else runs;
+//! 2. [`proxy`]: hop-by-hop hygiene, `Host`, timeouts, streaming to the upstream.
 //!
 //! Embedding it in your own axum app:
 //!
 //! ```
 //! use axum::{routing::get, Router};
-//! use kestra_edge::KestraEdge;
+//! use kestra_edge::{KestraEdge, PrefixMode};
 //! use std::time::Duration;
 //!
 //! # fn main() -> Result<(), kestra_edge::BuildError> {
 //! let kestra = KestraEdge::builder("http://127.0.0.1:8080")
 //!     .read_timeout(Duration::from_secs(600))
+//!     .context_path("/kestra", PrefixMode::Keep)
 //!     .build_router()?;
 //!
 //! // Your own routes win; everything else goes to Kestra.
@@ -55,18 +60,34 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tower::Service;
+use tower::{util::Either, Layer, Service};
 
+pub use kestra_edge_prefix as prefix;
+pub use kestra_edge_prefix::{ContextPath, PrefixMode};
 pub use kestra_edge_proxy as proxy;
-pub use kestra_edge_proxy::{BuildError, ProxyBody};
+pub use kestra_edge_proxy::ProxyBody;
 pub use kestra_edge_server as server;
 
-use kestra_edge_proxy::{ResponseFuture, ReverseProxy, ReverseProxyBuilder};
+use kestra_edge_prefix::{Prefix, PrefixLayer};
+use kestra_edge_proxy::{ReverseProxy, ReverseProxyBuilder};
+
+/// A configuration that [`KestraEdgeBuilder::build`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The proxy settings (upstream URL, timeouts).
+    #[error(transparent)]
+    Proxy(#[from] proxy::BuildError),
+    /// The context path.
+    #[error(transparent)]
+    ContextPath(#[from] prefix::ContextPathError),
+}
 
 /// Configures a [`KestraEdge`] stack; every setting is validated by [`build`](Self::build).
 #[derive(Debug, Clone)]
 pub struct KestraEdgeBuilder {
     proxy: ReverseProxyBuilder,
+    context_path: Option<(String, PrefixMode)>,
 }
 
 impl KestraEdgeBuilder {
@@ -88,6 +109,13 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// Serves Kestra under `path` (such as `/kestra`), keeping or stripping it; see
+    /// [`prefix`]. Without it, every path is forwarded.
+    pub fn context_path(mut self, path: impl Into<String>, mode: PrefixMode) -> Self {
+        self.context_path = Some((path.into(), mode));
+        self
+    }
+
     /// Builds the stack for request bodies of type `B` (hyper's `Incoming` when serving with
     /// [`server::Server`], axum's `Body` inside a `Router`).
     pub fn build<B>(self) -> Result<KestraEdge<B>, BuildError>
@@ -96,9 +124,16 @@ impl KestraEdgeBuilder {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        Ok(KestraEdge {
-            proxy: self.proxy.build()?,
-        })
+        let proxy: ReverseProxy<B> = self.proxy.build()?;
+        let stack = match self.context_path {
+            Some((path, mode)) => {
+                let layer = PrefixLayer::new(ContextPath::new(path)?, mode)
+                    .upstream_authority(proxy.upstream().as_str());
+                Either::Left(layer.layer(proxy))
+            }
+            None => Either::Right(proxy),
+        };
+        Ok(KestraEdge { stack })
     }
 
     /// Builds the stack as an axum [`Router`] that sends every request to Kestra; merge it
@@ -108,10 +143,13 @@ impl KestraEdgeBuilder {
     }
 }
 
+/// The layers around the proxy, outermost first.
+type Stack<B> = Either<Prefix<ReverseProxy<B>, ReverseProxy<B>>, ReverseProxy<B>>;
+
 /// The whole kestra-edge stack as one tower service; see the [crate docs](crate).
 #[derive(Debug)]
 pub struct KestraEdge<B> {
-    proxy: ReverseProxy<B>,
+    stack: Stack<B>,
 }
 
 impl KestraEdge<()> {
@@ -120,6 +158,7 @@ impl KestraEdge<()> {
     pub fn builder(upstream: impl Into<String>) -> KestraEdgeBuilder {
         KestraEdgeBuilder {
             proxy: ReverseProxyBuilder::new(upstream),
+            context_path: None,
         }
     }
 }
@@ -127,31 +166,26 @@ impl KestraEdge<()> {
 impl<B> Clone for KestraEdge<B> {
     fn clone(&self) -> Self {
         Self {
-            proxy: self.proxy.clone(),
+            stack: self.stack.clone(),
         }
     }
 }
 
 impl<B> Service<Request<B>> for KestraEdge<B>
 where
-    ReverseProxy<B>: Service<
-        Request<B>,
-        Response = Response<ProxyBody>,
-        Error = Infallible,
-        Future = ResponseFuture,
-    >,
+    Stack<B>: Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = ResponseFuture;
+    type Future = <Stack<B> as Service<Request<B>>>::Future;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.proxy.poll_ready(cx)
+        self.stack.poll_ready(cx)
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> ResponseFuture {
-        self.proxy.call(req)
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.stack.call(req)
     }
 }

@@ -147,6 +147,13 @@ impl ProxyBody {
     }
 }
 
+impl From<&'static str> for ProxyBody {
+    /// The gateway's own short answers (a 404 or 400 of an outer layer) use this.
+    fn from(text: &'static str) -> Self {
+        Self::message(Bytes::from_static(text.as_bytes()))
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;

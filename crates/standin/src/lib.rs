@@ -15,6 +15,7 @@
 //! | `{ctx}/api/v1/upload` (POST, PUT) | JSON: length and SHA-256 of the streamed body |
 //! | `{ctx}/api/v1/download?bytes=N` | `N` bytes of [`download_pattern`], streamed |
 //! | `{ctx}/api/v1/trailers` | a chunked body followed by a `x-checksum` trailer |
+//! | `{ctx}/api/v1/redirect?to=URL` | `302` with `Location`, `Content-Location` and `Refresh` set to `URL`, and two cookies with `Path={ctx}/` and `Path={ctx}/api` |
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -193,7 +194,8 @@ pub fn router(config: StandinConfig, stats: StandinStats) -> Router {
         .route("/slow", get(slow))
         .route("/upload", post(upload).put(upload))
         .route("/download", get(download))
-        .route("/trailers", get(trailers));
+        .route("/trailers", get(trailers))
+        .route("/redirect", get(redirect));
     let app = Router::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/ui/", get(ui_page))
@@ -409,6 +411,38 @@ async fn ws_echo(ws: WebSocketUpgrade) -> Response {
                 }
             }
         })
+}
+
+#[derive(Debug, Deserialize)]
+struct RedirectQuery {
+    to: String,
+}
+
+async fn redirect(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<RedirectQuery>,
+) -> Response {
+    let ctx = state.config.context_path.trim_end_matches('/');
+    let Ok(to) = HeaderValue::from_str(&query.to) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let refresh = HeaderValue::from_str(&format!("0; url={}", query.to));
+    let session = HeaderValue::from_str(&format!("SESSION=standin; Path={ctx}/; HttpOnly"));
+    let prefs = HeaderValue::from_str(&format!("prefs=1; Path={ctx}/api"));
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, to.clone());
+    headers.insert(header::CONTENT_LOCATION, to);
+    for (name, value) in [
+        (header::REFRESH, refresh),
+        (header::SET_COOKIE, session),
+        (header::SET_COOKIE, prefs),
+    ] {
+        if let Ok(value) = value {
+            headers.append(name, value);
+        }
+    }
+    response
 }
 
 #[derive(Debug, Deserialize)]

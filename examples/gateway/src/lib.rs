@@ -2,7 +2,7 @@
 //! loop the binary runs. Tests start the same [`Gateway`] in-process.
 
 use clap::Parser;
-use kestra_edge::{server::Server, KestraEdge};
+use kestra_edge::{server::Server, KestraEdge, PrefixMode};
 use kestra_edge_standin::{Standin, StandinConfig};
 use serde::Deserialize;
 use std::{future::Future, io, net::SocketAddr, path::PathBuf, time::Duration};
@@ -28,6 +28,26 @@ pub enum HostHeader {
     Client,
     /// The upstream's `host:port`.
     Upstream,
+}
+
+/// Whether the context path reaches the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixModeArg {
+    /// Forward `/kestra/…` unchanged (Kestra runs with `micronaut.server.context-path`).
+    #[default]
+    Keep,
+    /// Forward `/kestra/…` as `/…` and map redirects and cookie paths back.
+    Strip,
+}
+
+impl From<PrefixModeArg> for PrefixMode {
+    fn from(mode: PrefixModeArg) -> Self {
+        match mode {
+            PrefixModeArg::Keep => PrefixMode::Keep,
+            PrefixModeArg::Strip => PrefixMode::Strip,
+        }
+    }
 }
 
 /// The reverse proxy in front of Kestra.
@@ -63,6 +83,13 @@ pub struct Args {
     /// Host header sent upstream [default: client].
     #[arg(long, env = "KESTRA_EDGE_HOST_HEADER", value_name = "WHICH")]
     pub host_header: Option<HostHeader>,
+    /// Serve Kestra under this path prefix, e.g. /kestra; other paths get 404
+    /// [default: none, every path is forwarded; with --demo: /kestra].
+    #[arg(long, env = "KESTRA_EDGE_CONTEXT_PATH", value_name = "PATH")]
+    pub context_path: Option<String>,
+    /// Keep the prefix (Kestra has the same context-path) or strip it [default: keep].
+    #[arg(long, env = "KESTRA_EDGE_PREFIX_MODE", value_name = "MODE")]
+    pub prefix_mode: Option<PrefixModeArg>,
     /// Start a Kestra stand-in on a free port and front it (ignores --upstream).
     #[arg(long, env = "KESTRA_EDGE_DEMO")]
     pub demo: bool,
@@ -87,6 +114,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     host_header: Option<HostHeader>,
+    context_path: Option<String>,
+    prefix_mode: Option<PrefixModeArg>,
     demo: Option<bool>,
 }
 
@@ -145,6 +174,10 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// See `--host-header`.
     pub host_header: HostHeader,
+    /// See `--context-path`.
+    pub context_path: Option<String>,
+    /// See `--prefix-mode`.
+    pub prefix_mode: PrefixModeArg,
     /// See `--demo`.
     pub demo: bool,
 }
@@ -206,6 +239,8 @@ impl GatewayConfig {
                 .or(file.shutdown_grace)
                 .unwrap_or(defaults::SHUTDOWN_GRACE),
             host_header: args.host_header.or(file.host_header).unwrap_or_default(),
+            context_path: args.context_path.or(file.context_path),
+            prefix_mode: args.prefix_mode.or(file.prefix_mode).unwrap_or_default(),
             demo: args.demo || file.demo.unwrap_or(false),
         }
     }
@@ -225,16 +260,22 @@ impl Gateway {
         let standin = if config.demo {
             let standin = Standin::start(StandinConfig::default()).await?;
             config.upstream = standin.url();
+            // The recommended setup: Kestra and the gateway share the context path.
+            if config.context_path.is_none() {
+                config.context_path = Some(standin.context_path().to_owned());
+            }
             Some(standin)
         } else {
             None
         };
-        let edge = KestraEdge::builder(config.upstream.clone())
+        let mut edge = KestraEdge::builder(config.upstream.clone())
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
-            .preserve_host(config.host_header == HostHeader::Client)
-            .build()
-            .map_err(ConfigError::from)?;
+            .preserve_host(config.host_header == HostHeader::Client);
+        if let Some(path) = &config.context_path {
+            edge = edge.context_path(path.clone(), config.prefix_mode.into());
+        }
+        let edge = edge.build().map_err(ConfigError::from)?;
         let server = Server::bind(config.listen)
             .await?
             .header_read_timeout(config.header_timeout)
