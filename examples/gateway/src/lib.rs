@@ -325,3 +325,57 @@ pub enum GatewayError {
     #[error("cannot listen: {0}")]
     Io(#[from] io::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> GatewayConfig {
+        let args = Args::try_parse_from(std::iter::once("kestra-edge").chain(args.iter().copied()))
+            .unwrap();
+        GatewayConfig::from_args(args).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_nginx_block() {
+        let c = config(&[]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.upstream, "http://127.0.0.1:8080");
+        assert_eq!(c.read_timeout, Duration::from_secs(600));
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.host_header, HostHeader::Client);
+        assert_eq!(c.context_path, None);
+        assert_eq!(c.prefix_mode, PrefixModeArg::Keep);
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let c = config(&[
+            "--context-path",
+            "/kestra",
+            "--prefix-mode",
+            "strip",
+            "--read-timeout",
+            "2m",
+            "--connect-timeout",
+            "1500ms",
+            "--host-header",
+            "upstream",
+        ]);
+        assert_eq!(c.context_path.as_deref(), Some("/kestra"));
+        assert_eq!(c.prefix_mode, PrefixModeArg::Strip);
+        assert_eq!(c.read_timeout, Duration::from_secs(120));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.host_header, HostHeader::Upstream);
+        assert!(Args::try_parse_from(["kestra-edge", "--prefix-mode", "drop"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_context_path_is_a_configuration_error() {
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.context_path = Some("/kestra/".to_owned());
+        let err = Gateway::bind(c).await.unwrap_err();
+        assert!(matches!(err, GatewayError::Config(_)), "{err}");
+        assert!(err.to_string().contains("must not end with '/'"), "{err}");
+    }
+}
