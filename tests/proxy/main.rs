@@ -120,10 +120,11 @@ async fn hop_by_hop_request_headers_are_removed() {
             &["connection", "keep-alive", "proxy-connection"],
             &[],
         ),
+        // The client's copy goes; the gateway's own (the peer) cannot be removed.
         (
-            "Connection: X-Forwarded-For\r\nX-Forwarded-For: 203.0.113.7\r\n",
-            &["x-forwarded-for", "connection"],
-            &[],
+            "Connection: X-Forwarded-For, X-Real-IP\r\nX-Forwarded-For: 203.0.113.7\r\n",
+            &["connection"],
+            &[("x-forwarded-for", "127.0.0.1"), ("x-real-ip", "127.0.0.1")],
         ),
         (
             "Connection: x-a\r\nConnection: X-B, ,x-c\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\n",

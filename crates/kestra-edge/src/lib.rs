@@ -6,9 +6,12 @@
 //! `proxy_http_version 1.1`, `Host $http_host`, `proxy_read_timeout 600s`,
 //! `proxy_buffering off`). From the outside in:
 //!
-//! 1. [`prefix`]: the context path (keep or strip), when one is configured; requests outside
-//!    it are answered 404, unsafe paths 400, before anything else runs;
-//! 2. [`proxy`]: hop-by-hop hygiene, `Host`, timeouts, streaming to the upstream.
+//! 1. [`forwarded`]: hop-by-hop fields removed, `Host` checked (400), then who the client is
+//!    (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) with the trusted-proxy model; first, so
+//!    that nothing a client sends can remove or forge what the gateway adds;
+//! 2. [`prefix`]: the context path (keep or strip), when one is configured; requests outside
+//!    it are answered 404, unsafe paths 400;
+//! 3. [`proxy`]: `Host`, timeouts, streaming to the upstream.
 //!
 //! Embedding it in your own axum app:
 //!
@@ -62,12 +65,15 @@ use std::{
 };
 use tower::{util::Either, Layer, Service};
 
+pub use kestra_edge_forwarded as forwarded;
+pub use kestra_edge_forwarded::ForwardedHeaders;
 pub use kestra_edge_prefix as prefix;
 pub use kestra_edge_prefix::{ContextPath, PrefixMode};
 pub use kestra_edge_proxy as proxy;
 pub use kestra_edge_proxy::ProxyBody;
 pub use kestra_edge_server as server;
 
+use kestra_edge_forwarded::{Forwarded, ForwardedLayer, ForwardedLayerBuilder};
 use kestra_edge_prefix::{Prefix, PrefixLayer};
 use kestra_edge_proxy::{ReverseProxy, ReverseProxyBuilder};
 
@@ -81,12 +87,16 @@ pub enum BuildError {
     /// The context path.
     #[error(transparent)]
     ContextPath(#[from] prefix::ContextPathError),
+    /// The trusted proxies or listener scheme.
+    #[error(transparent)]
+    Forwarded(#[from] forwarded::ForwardedError),
 }
 
 /// Configures a [`KestraEdge`] stack; every setting is validated by [`build`](Self::build).
 #[derive(Debug, Clone)]
 pub struct KestraEdgeBuilder {
     proxy: ReverseProxyBuilder,
+    forwarded: ForwardedLayerBuilder,
     context_path: Option<(String, PrefixMode)>,
 }
 
@@ -109,6 +119,25 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// Trusts the proxies in `cidr` to report the client; see [`forwarded`]. None by default.
+    pub fn trusted_proxy(mut self, cidr: impl Into<String>) -> Self {
+        self.forwarded = self.forwarded.trusted_proxy(cidr);
+        self
+    }
+
+    /// Which forwarded headers the upstream gets (all by default).
+    pub fn forwarded_headers(mut self, headers: ForwardedHeaders) -> Self {
+        self.forwarded = self.forwarded.headers(headers);
+        self
+    }
+
+    /// The scheme of the listener the stack is served on (`http` by default; `https` when
+    /// your gateway terminates TLS), reported as `X-Forwarded-Proto`.
+    pub fn listener_scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.forwarded = self.forwarded.listener_scheme(scheme);
+        self
+    }
+
     /// Serves Kestra under `path` (such as `/kestra`), keeping or stripping it; see
     /// [`prefix`]. Without it, every path is forwarded.
     pub fn context_path(mut self, path: impl Into<String>, mode: PrefixMode) -> Self {
@@ -124,8 +153,9 @@ impl KestraEdgeBuilder {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        let forwarded = self.forwarded.build()?;
         let proxy: ReverseProxy<B> = self.proxy.build()?;
-        let stack = match self.context_path {
+        let routed = match self.context_path {
             Some((path, mode)) => {
                 let layer = PrefixLayer::new(ContextPath::new(path)?, mode)
                     .upstream_authority(proxy.upstream().as_str());
@@ -133,7 +163,9 @@ impl KestraEdgeBuilder {
             }
             None => Either::Right(proxy),
         };
-        Ok(KestraEdge { stack })
+        Ok(KestraEdge {
+            stack: forwarded.layer(routed),
+        })
     }
 
     /// Builds the stack as an axum [`Router`] that sends every request to Kestra; merge it
@@ -144,7 +176,7 @@ impl KestraEdgeBuilder {
 }
 
 /// The layers around the proxy, outermost first.
-type Stack<B> = Either<Prefix<ReverseProxy<B>, ReverseProxy<B>>, ReverseProxy<B>>;
+type Stack<B> = Forwarded<Either<Prefix<ReverseProxy<B>, ReverseProxy<B>>, ReverseProxy<B>>>;
 
 /// The whole kestra-edge stack as one tower service; see the [crate docs](crate).
 #[derive(Debug)]
@@ -158,6 +190,7 @@ impl KestraEdge<()> {
     pub fn builder(upstream: impl Into<String>) -> KestraEdgeBuilder {
         KestraEdgeBuilder {
             proxy: ReverseProxyBuilder::new(upstream),
+            forwarded: ForwardedLayer::builder(),
             context_path: None,
         }
     }

@@ -2,7 +2,7 @@
 //! loop the binary runs. Tests start the same [`Gateway`] in-process.
 
 use clap::Parser;
-use kestra_edge::{server::Server, KestraEdge, PrefixMode};
+use kestra_edge::{server::Server, ForwardedHeaders, KestraEdge, PrefixMode};
 use kestra_edge_standin::{Standin, StandinConfig};
 use serde::Deserialize;
 use std::{future::Future, io, net::SocketAddr, path::PathBuf, time::Duration};
@@ -50,6 +50,40 @@ impl From<PrefixModeArg> for PrefixMode {
     }
 }
 
+/// A forwarded header that can be left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Real-IP`.
+    XRealIp,
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// `X-Forwarded-Proto`.
+    XForwardedProto,
+    /// `X-Forwarded-Protocol`.
+    XForwardedProtocol,
+    /// `X-Forwarded-Host`.
+    XForwardedHost,
+    /// `X-Forwarded-Port`.
+    XForwardedPort,
+    /// `Forwarded`.
+    Forwarded,
+}
+
+/// Every forwarded header but those in `omit`.
+fn forwarded_headers(omit: &[ForwardedHeader]) -> ForwardedHeaders {
+    let on = |header| !omit.contains(&header);
+    ForwardedHeaders {
+        x_real_ip: on(ForwardedHeader::XRealIp),
+        x_forwarded_for: on(ForwardedHeader::XForwardedFor),
+        x_forwarded_proto: on(ForwardedHeader::XForwardedProto),
+        x_forwarded_protocol: on(ForwardedHeader::XForwardedProtocol),
+        x_forwarded_host: on(ForwardedHeader::XForwardedHost),
+        x_forwarded_port: on(ForwardedHeader::XForwardedPort),
+        forwarded: on(ForwardedHeader::Forwarded),
+    }
+}
+
 /// The reverse proxy in front of Kestra.
 ///
 /// Every flag can also be set with its environment variable or in the TOML file given by
@@ -90,6 +124,23 @@ pub struct Args {
     /// Keep the prefix (Kestra has the same context-path) or strip it [default: keep].
     #[arg(long, env = "KESTRA_EDGE_PREFIX_MODE", value_name = "MODE")]
     pub prefix_mode: Option<PrefixModeArg>,
+    /// A proxy in front of the gateway whose X-Forwarded-For/Forwarded is believed, as a
+    /// CIDR or an address; repeatable [default: none, the TCP peer is the client].
+    #[arg(
+        long = "trusted-proxy",
+        env = "KESTRA_EDGE_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// A forwarded header not to send upstream; repeatable [default: send them all].
+    #[arg(
+        long = "forwarded-omit",
+        env = "KESTRA_EDGE_FORWARDED_OMIT",
+        value_name = "HEADER",
+        value_delimiter = ','
+    )]
+    pub forwarded_omit: Vec<ForwardedHeader>,
     /// Start a Kestra stand-in on a free port and front it (ignores --upstream).
     #[arg(long, env = "KESTRA_EDGE_DEMO")]
     pub demo: bool,
@@ -116,6 +167,8 @@ struct FileConfig {
     host_header: Option<HostHeader>,
     context_path: Option<String>,
     prefix_mode: Option<PrefixModeArg>,
+    trusted_proxies: Option<Vec<String>>,
+    forwarded_omit: Option<Vec<ForwardedHeader>>,
     demo: Option<bool>,
 }
 
@@ -178,6 +231,10 @@ pub struct GatewayConfig {
     pub context_path: Option<String>,
     /// See `--prefix-mode`.
     pub prefix_mode: PrefixModeArg,
+    /// See `--trusted-proxy`.
+    pub trusted_proxies: Vec<String>,
+    /// See `--forwarded-omit`.
+    pub forwarded_omit: Vec<ForwardedHeader>,
     /// See `--demo`.
     pub demo: bool,
 }
@@ -241,6 +298,14 @@ impl GatewayConfig {
             host_header: args.host_header.or(file.host_header).unwrap_or_default(),
             context_path: args.context_path.or(file.context_path),
             prefix_mode: args.prefix_mode.or(file.prefix_mode).unwrap_or_default(),
+            trusted_proxies: Some(args.trusted_proxies)
+                .filter(|v| !v.is_empty())
+                .or(file.trusted_proxies)
+                .unwrap_or_default(),
+            forwarded_omit: Some(args.forwarded_omit)
+                .filter(|v| !v.is_empty())
+                .or(file.forwarded_omit)
+                .unwrap_or_default(),
             demo: args.demo || file.demo.unwrap_or(false),
         }
     }
@@ -271,7 +336,11 @@ impl Gateway {
         let mut edge = KestraEdge::builder(config.upstream.clone())
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
-            .preserve_host(config.host_header == HostHeader::Client);
+            .preserve_host(config.host_header == HostHeader::Client)
+            .forwarded_headers(forwarded_headers(&config.forwarded_omit));
+        for cidr in &config.trusted_proxies {
+            edge = edge.trusted_proxy(cidr.clone());
+        }
         if let Some(path) = &config.context_path {
             edge = edge.context_path(path.clone(), config.prefix_mode.into());
         }
@@ -361,13 +430,30 @@ mod tests {
             "1500ms",
             "--host-header",
             "upstream",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "fd00::/8,192.0.2.1",
+            "--forwarded-omit",
+            "x-real-ip",
         ]);
         assert_eq!(c.context_path.as_deref(), Some("/kestra"));
         assert_eq!(c.prefix_mode, PrefixModeArg::Strip);
         assert_eq!(c.read_timeout, Duration::from_secs(120));
         assert_eq!(c.connect_timeout, Duration::from_millis(1500));
         assert_eq!(c.host_header, HostHeader::Upstream);
+        assert_eq!(c.trusted_proxies, ["10.0.0.0/8", "fd00::/8", "192.0.2.1"]);
+        assert_eq!(c.forwarded_omit, [ForwardedHeader::XRealIp]);
         assert!(Args::try_parse_from(["kestra-edge", "--prefix-mode", "drop"]).is_err());
+        assert!(Args::try_parse_from(["kestra-edge", "--forwarded-omit", "cookie"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_trusted_proxy_is_a_configuration_error() {
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.trusted_proxies = vec!["10.0.0.0/33".to_owned()];
+        let err = Gateway::bind(c).await.unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/33"), "{err}");
     }
 
     #[tokio::test]

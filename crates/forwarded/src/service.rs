@@ -1,0 +1,911 @@
+//! [`ForwardedLayer`] and the [`Forwarded`] service.
+
+use crate::rfc7239::{parse_node, ForwardedElement};
+use futures_util::future::Either;
+use http::{
+    header::{CONTENT_TYPE, FORWARDED, HOST},
+    uri::Authority,
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version,
+};
+use ipnet::IpNet;
+use kestra_edge_headers::{list_items, remove_hop_by_hop};
+use kestra_edge_server::{LocalAddr, PeerAddr};
+use std::{
+    future::{ready, Ready},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+use tower::{Layer, Service};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Protocol`: not standard, but what the seed nginx block sends.
+pub const X_FORWARDED_PROTOCOL: HeaderName = HeaderName::from_static("x-forwarded-protocol");
+/// `X-Forwarded-Port`.
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// `X-Forwarded-Prefix`.
+pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+/// `X-Real-IP`.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Every header through which a client could claim an identity; removed from untrusted peers.
+const CLAIMS: [HeaderName; 8] = [
+    FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PROTOCOL,
+    X_FORWARDED_PORT,
+    X_FORWARDED_PREFIX,
+    X_REAL_IP,
+];
+
+/// How many `X-Forwarded-For` items are examined, from the right: a longer chain of trusted
+/// proxies is not a real deployment, and the bound keeps a hostile header cheap.
+const MAX_HOPS: usize = 32;
+
+/// Which headers the upstream gets; all of them by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedHeaders {
+    /// `X-Real-IP: <client>`.
+    pub x_real_ip: bool,
+    /// `X-Forwarded-For`: the trusted chain plus the peer.
+    pub x_forwarded_for: bool,
+    /// `X-Forwarded-Proto`: `http` or `https`.
+    pub x_forwarded_proto: bool,
+    /// `X-Forwarded-Protocol`: the same, as the seed nginx block names it.
+    pub x_forwarded_protocol: bool,
+    /// `X-Forwarded-Host`: the original `Host` (Micronaut only reads `X-Forwarded-*` when it is present).
+    pub x_forwarded_host: bool,
+    /// `X-Forwarded-Port`.
+    pub x_forwarded_port: bool,
+    /// `Forwarded` (RFC 7239), which Micronaut reads first.
+    pub forwarded: bool,
+}
+
+impl Default for ForwardedHeaders {
+    fn default() -> Self {
+        Self {
+            x_real_ip: true,
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_protocol: true,
+            x_forwarded_host: true,
+            x_forwarded_port: true,
+            forwarded: true,
+        }
+    }
+}
+
+/// A configuration that [`ForwardedLayerBuilder::build`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardedError {
+    /// A trusted proxy is not a CIDR (`10.0.0.0/8`) or an address.
+    #[error("trusted proxy {0:?} is not a CIDR or an IP address")]
+    InvalidCidr(String),
+    /// The listener scheme is not `http` or `https`.
+    #[error("listener scheme {0:?} must be http or https")]
+    InvalidScheme(String),
+}
+
+/// Configures a [`ForwardedLayer`].
+#[derive(Debug, Clone, Default)]
+pub struct ForwardedLayerBuilder {
+    trusted: Vec<String>,
+    scheme: Option<String>,
+    headers: ForwardedHeaders,
+}
+
+impl ForwardedLayerBuilder {
+    /// Trusts the proxies in `cidr` (`10.0.0.0/8`, `2001:db8::/32`, or one address) to report
+    /// the client, scheme and host; none by default, so the peer is the client.
+    pub fn trusted_proxy(mut self, cidr: impl Into<String>) -> Self {
+        self.trusted.push(cidr.into());
+        self
+    }
+
+    /// The scheme the gateway's own listener serves (`http` by default; `https` when the
+    /// gateway terminates TLS).
+    pub fn listener_scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.scheme = Some(scheme.into());
+        self
+    }
+
+    /// Which headers are sent upstream.
+    pub fn headers(mut self, headers: ForwardedHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Validates the configuration.
+    pub fn build(self) -> Result<ForwardedLayer, ForwardedError> {
+        let trusted = self
+            .trusted
+            .iter()
+            .map(|text| {
+                let text = text.trim();
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| ForwardedError::InvalidCidr(text.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let scheme = match self
+            .scheme
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => return Err(ForwardedError::InvalidScheme(other.to_owned())),
+        };
+        Ok(ForwardedLayer {
+            config: Arc::new(Config {
+                trusted,
+                scheme,
+                headers: self.headers,
+                warned_no_peer: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn parse(text: &[u8]) -> Option<Self> {
+        if text.eq_ignore_ascii_case(b"http") {
+            Some(Self::Http)
+        } else if text.eq_ignore_ascii_case(b"https") {
+            Some(Self::Https)
+        } else {
+            None
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Self::Http => 80,
+            Self::Https => 443,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Config {
+    trusted: Vec<IpNet>,
+    scheme: Scheme,
+    headers: ForwardedHeaders,
+    warned_no_peer: AtomicBool,
+}
+
+impl Config {
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Tells the upstream who the client is, over what scheme and host; see the
+/// [crate docs](crate).
+#[derive(Debug, Clone)]
+pub struct ForwardedLayer {
+    config: Arc<Config>,
+}
+
+impl ForwardedLayer {
+    /// Starts a configuration: no trusted proxy, `http` listener, every header on.
+    pub fn builder() -> ForwardedLayerBuilder {
+        ForwardedLayerBuilder::default()
+    }
+}
+
+impl<S> Layer<S> for ForwardedLayer {
+    type Service = Forwarded<S>;
+
+    fn layer(&self, inner: S) -> Forwarded<S> {
+        Forwarded {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service of [`ForwardedLayer`].
+#[derive(Debug, Clone)]
+pub struct Forwarded<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+/// Response future of [`Forwarded`]: the inner service's, or an immediate 400.
+pub type ResponseFuture<F, T, E> = Either<F, Ready<Result<T, E>>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Forwarded<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<&'static str>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, Response<ResBody>, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let Ok(host) = effective_host(&mut req) else {
+            let mut response = Response::new(ResBody::from("invalid host\n"));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return Either::Right(ready(Ok(response)));
+        };
+        let peer = peer_addr(&req);
+        if peer.is_none() && !self.config.warned_no_peer.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "no peer address on the request: serve with kestra_edge::server::Server or \
+                 axum's into_make_service_with_connect_info::<SocketAddr>()"
+            );
+        }
+        let local_port = req.extensions().get::<LocalAddr>().map(|l| l.0.port());
+        let view = ClientView::resolve(&self.config, req.headers_mut(), peer, host, local_port);
+        view.write(&self.config.headers, req.headers_mut());
+        Either::Left(self.inner.call(req))
+    }
+}
+
+/// The peer from [`PeerAddr`] (kestra-edge's server) or axum's `ConnectInfo<SocketAddr>`.
+fn peer_addr<B>(req: &Request<B>) -> Option<IpAddr> {
+    let extensions = req.extensions();
+    extensions
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .or_else(|| {
+            extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        })
+        .map(|addr| addr.ip().to_canonical())
+}
+
+/// The host the client asked for, made the single `Host` of the request.
+///
+/// An absolute-form target's authority (and an HTTP/2 `:authority`) wins over `Host`
+/// (RFC 9112 §3.2.2). An HTTP/1.1 request without `Host`, with several, or with one that is
+/// no `host[:port]` is refused (RFC 9112 §3.2: "A server MUST respond with a 400 (Bad
+/// Request) status code to any HTTP/1.1 request message that lacks a Host header field and
+/// to any request message that contains more than one Host header field line or a Host
+/// header field with an invalid field value").
+fn effective_host<B>(req: &mut Request<B>) -> Result<Option<HeaderValue>, ()> {
+    let mut lines = req.headers().get_all(HOST).iter();
+    let host = lines.next().cloned();
+    if lines.next().is_some() {
+        return Err(());
+    }
+    if let Some(authority) = req.uri().authority() {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| ())?;
+        req.headers_mut().insert(HOST, value.clone());
+        return Ok(Some(value));
+    }
+    match host {
+        Some(value) if is_host(value.as_bytes()) => Ok(Some(value)),
+        Some(_) => Err(()),
+        None if req.version() == Version::HTTP_11 => Err(()),
+        None => Ok(None),
+    }
+}
+
+/// Whether `value` is `host[:port]` with no user info.
+fn is_host(value: &[u8]) -> bool {
+    !value.is_empty() && !value.contains(&b'@') && Authority::try_from(value).is_ok()
+}
+
+/// Who the client is, as the gateway tells the upstream.
+#[derive(Debug)]
+struct ClientView {
+    client: Option<IpAddr>,
+    /// The client first, then every trusted hop, the peer last.
+    chain: Vec<IpAddr>,
+    scheme: Scheme,
+    host: Option<HeaderValue>,
+    port: u16,
+}
+
+impl ClientView {
+    /// Reads what a trusted peer reported, then removes every claim a client could make:
+    /// hop-by-hop fields first (so `Connection: X-Forwarded-For` cannot remove what the
+    /// gateway adds), then the forwarded headers, then header names with underscores.
+    fn resolve(
+        config: &Config,
+        headers: &mut HeaderMap,
+        peer: Option<IpAddr>,
+        host: Option<HeaderValue>,
+        local_port: Option<u16>,
+    ) -> Self {
+        remove_hop_by_hop(headers);
+        let mut view = Self {
+            client: peer,
+            chain: peer.into_iter().collect(),
+            scheme: config.scheme,
+            host,
+            port: local_port.unwrap_or(config.scheme.default_port()),
+        };
+        if let Some(peer) = peer.filter(|&p| config.is_trusted(p)) {
+            view.trust_hop(config, headers, peer);
+        }
+        for name in &CLAIMS {
+            headers.remove(name);
+        }
+        remove_underscored_names(headers);
+        view
+    }
+
+    /// Takes the client, scheme, host and port a trusted `peer` reported (nginx's
+    /// `real_ip_recursive on`: `X-Forwarded-For` walked from the right, trusted addresses
+    /// skipped).
+    fn trust_hop(&mut self, config: &Config, headers: &HeaderMap, peer: IpAddr) {
+        let mut addresses: Vec<IpAddr> = list_items(headers, &X_FORWARDED_FOR)
+            .filter_map(|item| parse_node(std::str::from_utf8(item).ok()?))
+            .collect();
+        let elements: Vec<ForwardedElement> = list_items(headers, &FORWARDED)
+            .filter_map(|item| ForwardedElement::parse(std::str::from_utf8(item).ok()?))
+            .collect();
+        if addresses.is_empty() {
+            addresses = elements.iter().filter_map(|e| e.for_node).collect();
+        }
+        let start = addresses.len().saturating_sub(MAX_HOPS);
+        let addresses = &addresses[start..];
+        if !addresses.is_empty() {
+            let untrusted = addresses.iter().rposition(|&ip| !config.is_trusted(ip));
+            let client = untrusted.unwrap_or(0);
+            self.client = Some(addresses[client]);
+            self.chain = addresses[client..].to_vec();
+            self.chain.push(peer);
+        }
+
+        let first = |name: &HeaderName| list_items(headers, name).next();
+        let first_element = elements.first();
+        let scheme = first(&X_FORWARDED_PROTO)
+            .and_then(Scheme::parse)
+            .or_else(|| {
+                first_element?
+                    .proto
+                    .as_deref()
+                    .and_then(|p| Scheme::parse(p.as_bytes()))
+            })
+            .or_else(|| first(&X_FORWARDED_PROTOCOL).and_then(Scheme::parse));
+        if let Some(scheme) = scheme {
+            self.scheme = scheme;
+            self.port = scheme.default_port();
+        }
+        let host = first(&X_FORWARDED_HOST)
+            .filter(|h| is_host(h))
+            .and_then(|h| HeaderValue::from_bytes(h).ok())
+            .or_else(|| {
+                let host = first_element?.host.as_deref()?;
+                is_host(host.as_bytes())
+                    .then(|| HeaderValue::from_str(host).ok())
+                    .flatten()
+            });
+        if let Some(host) = host {
+            self.host = Some(host);
+        }
+        let port =
+            first(&X_FORWARDED_PORT).and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
+        if let Some(port) = port {
+            self.port = port;
+        }
+    }
+
+    /// Adds the enabled headers.
+    fn write(&self, enabled: &ForwardedHeaders, headers: &mut HeaderMap) {
+        let proto = HeaderValue::from_static(self.scheme.as_str());
+        if let Some(client) = self.client {
+            if enabled.x_real_ip {
+                headers.insert(X_REAL_IP, ip_value(client));
+            }
+            if enabled.x_forwarded_for {
+                let chain: Vec<String> = self.chain.iter().map(IpAddr::to_string).collect();
+                if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+                    headers.insert(X_FORWARDED_FOR, value);
+                }
+            }
+        }
+        if enabled.x_forwarded_proto {
+            headers.insert(X_FORWARDED_PROTO, proto.clone());
+        }
+        if enabled.x_forwarded_protocol {
+            headers.insert(X_FORWARDED_PROTOCOL, proto);
+        }
+        if let (true, Some(host)) = (enabled.x_forwarded_host, &self.host) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        if enabled.x_forwarded_port {
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(self.port));
+        }
+        if enabled.forwarded {
+            if let Ok(value) = HeaderValue::from_str(&self.forwarded()) {
+                headers.insert(FORWARDED, value);
+            }
+        }
+    }
+
+    /// `Forwarded`: the client's element with `proto` and `host`, then one `for=` per hop.
+    fn forwarded(&self) -> String {
+        let host = self.host.as_ref().and_then(|h| h.to_str().ok());
+        let first = ForwardedElement {
+            for_node: self.client,
+            proto: Some(self.scheme.as_str().to_owned()),
+            host: host.map(str::to_owned),
+        };
+        let mut out = first.to_string();
+        for &hop in self.chain.iter().skip(1) {
+            out.push_str(", ");
+            out.push_str(
+                &ForwardedElement {
+                    for_node: Some(hop),
+                    ..ForwardedElement::default()
+                }
+                .to_string(),
+            );
+        }
+        out
+    }
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Drops every header whose name has an underscore (`X_Forwarded_For`): some backends fold
+/// `_` into `-`, which would let a client smuggle the headers removed above (nginx drops
+/// them too, `underscores_in_headers off`).
+fn remove_underscored_names(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use std::{
+        convert::Infallible,
+        sync::{Arc, Mutex},
+    };
+    use tower::{service_fn, ServiceExt};
+
+    type Seen = Arc<Mutex<Option<HeaderMap>>>;
+
+    /// Runs one request through the layer; the headers the upstream saw, or the status.
+    async fn run(
+        layer: &ForwardedLayer,
+        peer: Option<&str>,
+        lines: &[(&str, &str)],
+    ) -> Result<HeaderMap, StatusCode> {
+        let seen: Seen = Arc::default();
+        let recorder = seen.clone();
+        let upstream = service_fn(move |req: Request<()>| {
+            *recorder.lock().unwrap() = Some(req.headers().clone());
+            async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+        });
+        let mut request = Request::get("/kestra/ping").body(()).unwrap();
+        for (name, value) in lines {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            );
+        }
+        if let Some(peer) = peer {
+            request
+                .extensions_mut()
+                .insert(PeerAddr(peer.parse().unwrap()));
+            request
+                .extensions_mut()
+                .insert(LocalAddr("127.0.0.1:8000".parse().unwrap()));
+        }
+        let response = layer.layer(upstream).oneshot(request).await.unwrap();
+        let seen = seen.lock().unwrap().take();
+        seen.ok_or(response.status())
+    }
+
+    fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        let mut values = headers.get_all(name).iter();
+        let value = values.next().map(|v| v.to_str().unwrap());
+        assert!(values.next().is_none(), "{name} sent twice");
+        value
+    }
+
+    fn layer(trusted: &[&str]) -> ForwardedLayer {
+        trusted
+            .iter()
+            .fold(ForwardedLayer::builder(), |b, cidr| b.trusted_proxy(*cidr))
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn untrusted_peers_cannot_claim_anything() {
+        let layer = layer(&["10.0.0.0/8"]);
+        let spoof: &[(&str, &str)] = &[
+            ("host", "kestra.example.com"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-real-ip", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4;proto=https;host=evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-protocol", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_real_ip", "1.2.3.4"),
+            ("connection", "X-Forwarded-For, X-Real-IP, Forwarded"),
+        ];
+        let headers = run(&layer, Some("203.0.113.9:5000"), spoof).await.unwrap();
+        assert_eq!(get(&headers, "x-real-ip"), Some("203.0.113.9"));
+        assert_eq!(get(&headers, "x-forwarded-for"), Some("203.0.113.9"));
+        assert_eq!(get(&headers, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&headers, "x-forwarded-protocol"), Some("http"));
+        assert_eq!(
+            get(&headers, "x-forwarded-host"),
+            Some("kestra.example.com")
+        );
+        assert_eq!(get(&headers, "x-forwarded-port"), Some("8000"));
+        assert_eq!(
+            get(&headers, "forwarded"),
+            Some("for=203.0.113.9;proto=http;host=kestra.example.com")
+        );
+        assert_eq!(get(&headers, "x-forwarded-prefix"), None);
+        assert!(headers.keys().all(|n| !n.as_str().contains('_')));
+        assert_eq!(get(&headers, "connection"), None);
+    }
+
+    #[tokio::test]
+    async fn trusted_chains_are_walked_from_the_right() {
+        // (trusted CIDRs, peer, X-Forwarded-For lines, client, chain sent upstream)
+        type Case<'a> = (&'a [&'a str], &'a str, &'a [&'a str], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
+            // Chain of length 0: nothing trusted, the peer is the client.
+            (&[], "10.0.0.1:1", &["1.2.3.4"], "10.0.0.1", "10.0.0.1"),
+            // Length 1: a trusted load balancer.
+            (
+                &["10.0.0.0/8"],
+                "10.0.0.1:1",
+                &["203.0.113.7"],
+                "203.0.113.7",
+                "203.0.113.7, 10.0.0.1",
+            ),
+            // A client-supplied prefix of the header is dropped.
+            (
+                &["10.0.0.0/8"],
+                "10.0.0.1:1",
+                &["1.1.1.1, 203.0.113.7"],
+                "203.0.113.7",
+                "203.0.113.7, 10.0.0.1",
+            ),
+            // Length 2 over two lines.
+            (
+                &["10.0.0.0/8"],
+                "10.0.0.1:1",
+                &["6.6.6.6, 203.0.113.7", "10.0.0.2"],
+                "203.0.113.7",
+                "203.0.113.7, 10.0.0.2, 10.0.0.1",
+            ),
+            // Length 3, mixed IPv4 and IPv6, ports and junk.
+            (
+                &["10.0.0.0/8", "fd00::/8"],
+                "[fd00::1]:443",
+                &[
+                    "unknown, [2001:db8::7]:4711, _hidden",
+                    "10.1.1.1:8080, garbage, [fd00::2]",
+                ],
+                "2001:db8::7",
+                "2001:db8::7, 10.1.1.1, fd00::2, fd00::1",
+            ),
+            // IPv6 zone dropped.
+            (
+                &["127.0.0.1"],
+                "127.0.0.1:9",
+                &["fe80::1%eth0"],
+                "fe80::1",
+                "fe80::1, 127.0.0.1",
+            ),
+            // Nothing valid: the peer.
+            (
+                &["10.0.0.0/8"],
+                "10.0.0.1:1",
+                &["unknown, , garbage"],
+                "10.0.0.1",
+                "10.0.0.1",
+            ),
+            // Everything trusted: the leftmost.
+            (
+                &["10.0.0.0/8"],
+                "10.0.0.1:1",
+                &["10.9.9.9, 10.0.0.2"],
+                "10.9.9.9",
+                "10.9.9.9, 10.0.0.2, 10.0.0.1",
+            ),
+            // IPv4-mapped peer matches an IPv4 CIDR.
+            (
+                &["10.0.0.0/8"],
+                "[::ffff:10.0.0.1]:1",
+                &["203.0.113.7"],
+                "203.0.113.7",
+                "203.0.113.7, 10.0.0.1",
+            ),
+        ];
+        for (trusted, peer, xff, client, chain) in cases {
+            let mut lines = vec![("host", "kestra.example.com")];
+            lines.extend(xff.iter().map(|v| ("x-forwarded-for", *v)));
+            let headers = run(&layer(trusted), Some(peer), &lines).await.unwrap();
+            assert_eq!(get(&headers, "x-real-ip"), Some(*client), "{peer} {xff:?}");
+            assert_eq!(
+                get(&headers, "x-forwarded-for"),
+                Some(*chain),
+                "{peer} {xff:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trusted_hop_reports_scheme_host_and_port() {
+        let layer = layer(&["10.0.0.0/8"]);
+        let headers = run(
+            &layer,
+            Some("10.0.0.1:1"),
+            &[
+                ("host", "internal:8000"),
+                ("x-forwarded-for", "2001:db8::1"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "kestra.example.com"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(get(&headers, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&headers, "x-forwarded-protocol"), Some("https"));
+        assert_eq!(
+            get(&headers, "x-forwarded-host"),
+            Some("kestra.example.com")
+        );
+        assert_eq!(get(&headers, "x-forwarded-port"), Some("443"));
+        assert_eq!(
+            get(&headers, "forwarded"),
+            Some("for=\"[2001:db8::1]\";proto=https;host=kestra.example.com, for=10.0.0.1")
+        );
+
+        // Only `Forwarded` from the hop.
+        let headers = run(
+            &layer,
+            Some("10.0.0.1:1"),
+            &[
+                ("host", "internal:8000"),
+                (
+                    "forwarded",
+                    "for=\"[2001:db8::1]:4711\";proto=https;host=\"kestra.example.com:8443\"",
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(get(&headers, "x-real-ip"), Some("2001:db8::1"));
+        assert_eq!(
+            get(&headers, "x-forwarded-host"),
+            Some("kestra.example.com:8443")
+        );
+        assert_eq!(get(&headers, "x-forwarded-proto"), Some("https"));
+    }
+
+    #[tokio::test]
+    async fn headers_can_be_switched_off() {
+        let layer = ForwardedLayer::builder()
+            .headers(ForwardedHeaders {
+                forwarded: false,
+                x_forwarded_port: false,
+                ..ForwardedHeaders::default()
+            })
+            .build()
+            .unwrap();
+        let headers = run(
+            &layer,
+            Some("192.0.2.1:1"),
+            &[("host", "h"), ("forwarded", "for=1.1.1.1")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            get(&headers, "forwarded"),
+            None,
+            "the client's copy is still removed"
+        );
+        assert_eq!(get(&headers, "x-forwarded-port"), None);
+        assert_eq!(get(&headers, "x-real-ip"), Some("192.0.2.1"));
+    }
+
+    #[tokio::test]
+    async fn host_rules() {
+        let layer = layer(&[]);
+        let peer = Some("192.0.2.1:1");
+        assert_eq!(
+            run(&layer, peer, &[]).await.unwrap_err(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            run(&layer, peer, &[("host", "a"), ("host", "b")])
+                .await
+                .unwrap_err(),
+            StatusCode::BAD_REQUEST
+        );
+        for invalid in ["user@host", "a b", "host/path", ""] {
+            assert_eq!(
+                run(&layer, peer, &[("host", invalid)]).await.unwrap_err(),
+                StatusCode::BAD_REQUEST,
+                "{invalid:?}"
+            );
+        }
+        for valid in [
+            "kestra.example.com",
+            "kestra.example.com:8443",
+            "[2001:db8::1]:443",
+            "10.0.0.1",
+        ] {
+            let headers = run(&layer, peer, &[("host", valid)]).await.unwrap();
+            assert_eq!(get(&headers, "x-forwarded-host"), Some(valid));
+        }
+    }
+
+    #[tokio::test]
+    async fn absolute_form_authority_wins_and_http10_may_omit_host() {
+        let layer = layer(&[]);
+        let seen: Seen = Arc::default();
+        let recorder = seen.clone();
+        let upstream = service_fn(move |req: Request<()>| {
+            *recorder.lock().unwrap() = Some(req.headers().clone());
+            async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+        });
+        let service = layer.layer(upstream);
+        let mut request = Request::get("http://public.example/kestra")
+            .header("host", "other.example")
+            .body(())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr("192.0.2.1:1".parse().unwrap()));
+        service.clone().oneshot(request).await.unwrap();
+        let headers = seen.lock().unwrap().take().unwrap();
+        assert_eq!(get(&headers, "host"), Some("public.example"));
+        assert_eq!(get(&headers, "x-forwarded-host"), Some("public.example"));
+
+        let mut request = Request::get("/kestra")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr("192.0.2.1:1".parse().unwrap()));
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn configuration_is_validated() {
+        for ok in [
+            "10.0.0.0/8",
+            "10.1.2.3/8",
+            "192.0.2.1",
+            "2001:db8::/32",
+            "::1",
+        ] {
+            assert!(
+                ForwardedLayer::builder().trusted_proxy(ok).build().is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["10.0.0.0/33", "10.0.0", "example.com", "", "2001:db8::/129"] {
+            assert_eq!(
+                ForwardedLayer::builder()
+                    .trusted_proxy(bad)
+                    .build()
+                    .unwrap_err(),
+                ForwardedError::InvalidCidr(bad.to_owned())
+            );
+        }
+        assert!(ForwardedLayer::builder()
+            .listener_scheme("ftp")
+            .build()
+            .is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn claim_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}(:[0-9]{1,5})?",
+                "\\[?[0-9a-f:]{2,20}\\]?",
+                Just("unknown".to_owned()),
+                Just("for=1.2.3.4;proto=https".to_owned()),
+                "[ -~]{0,20}",
+            ]
+        }
+
+        fn claim_name() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                Just("x-forwarded-for"),
+                Just("x-real-ip"),
+                Just("forwarded"),
+                Just("x_forwarded_for"),
+                Just("x-forwarded-host"),
+                Just("connection"),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn an_untrusted_peer_is_always_the_client(
+                peer in any::<[u8; 4]>(),
+                claims in proptest::collection::vec((claim_name(), claim_value()), 0..8),
+            ) {
+                let peer = std::net::Ipv4Addr::from(peer);
+                // Anything but 10/8 is untrusted.
+                prop_assume!(peer.octets()[0] != 10);
+                let mut lines: Vec<(&str, &str)> = vec![("host", "kestra.example.com")];
+                let claims: Vec<(&str, String)> = claims;
+                for (name, value) in &claims {
+                    if HeaderValue::from_str(value).is_ok() {
+                        lines.push((name, value.as_str()));
+                    }
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let headers = runtime
+                    .block_on(run(&layer(&["10.0.0.0/8"]), Some(&format!("{peer}:1")), &lines))
+                    .unwrap();
+                let peer = peer.to_string();
+                prop_assert_eq!(get(&headers, "x-real-ip"), Some(peer.as_str()));
+                prop_assert_eq!(get(&headers, "x-forwarded-for"), Some(peer.as_str()));
+                let forwarded = format!("for={peer};proto=http;host=kestra.example.com");
+                prop_assert_eq!(get(&headers, "forwarded"), Some(forwarded.as_str()));
+                prop_assert_eq!(get(&headers, "x-forwarded-host"), Some("kestra.example.com"));
+            }
+        }
+    }
+}
