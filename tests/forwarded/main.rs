@@ -4,26 +4,17 @@
 
 use kestra_edge_gateway::{GatewayConfig, PrefixModeArg};
 use kestra_edge_standin::{Echo, Standin, StandinConfig};
-use kestra_edge_tests::{raw_body, raw_exchange, raw_status, RunningGateway, Stack};
+use kestra_edge_tests::{raw_body, raw_echo, raw_exchange, raw_status, RunningGateway, Stack};
 use std::{net::SocketAddr, time::Duration};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
 async fn echo(addr: SocketAddr, head_lines: &str) -> Echo {
-    let response = raw_exchange(
+    raw_echo(
         addr,
-        format!("GET /kestra/api/v1/echo/f HTTP/1.1\r\n{head_lines}Connection: close\r\n\r\n")
-            .as_bytes(),
-        LIMIT,
+        &format!("GET /kestra/api/v1/echo/f HTTP/1.1\r\n{head_lines}Connection: close\r\n\r\n"),
     )
-    .await;
-    assert_eq!(
-        raw_status(&response),
-        200,
-        "{}",
-        String::from_utf8_lossy(&response)
-    );
-    serde_json::from_slice(raw_body(&response)).unwrap()
+    .await
 }
 
 fn one<'a>(echo: &'a Echo, name: &str) -> &'a str {

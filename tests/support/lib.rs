@@ -129,6 +129,18 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> 
     response
 }
 
+/// Sends a raw request to the stand-in's echo through `addr` and parses what it received.
+pub async fn raw_echo(addr: SocketAddr, request: &str) -> kestra_edge_standin::Echo {
+    let response = raw_exchange(addr, request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(
+        raw_status(&response),
+        200,
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    serde_json::from_slice(raw_body(&response)).unwrap()
+}
+
 /// The body of a raw HTTP/1.1 response with `Content-Length`.
 pub fn raw_body(response: &[u8]) -> &[u8] {
     let end = response

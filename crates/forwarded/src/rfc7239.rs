@@ -67,8 +67,9 @@ impl ForwardedElement {
     /// (`unknown`, `_hidden`) is absent. `None` when the element is malformed.
     pub fn parse(element: &str) -> Option<Self> {
         let mut parsed = Self::default();
-        for pair in split_unquoted(element, b';') {
-            let pair = pair.trim();
+        for pair in kestra_edge_headers::split_unquoted(element.as_bytes(), b';') {
+            // Split at an ASCII byte, so each piece is UTF-8 too.
+            let pair = std::str::from_utf8(pair).ok()?.trim();
             if pair.is_empty() {
                 continue;
             }
@@ -149,27 +150,6 @@ fn unquote(value: &str) -> Option<String> {
         }
     }
     Some(out)
-}
-
-/// Splits on `sep` outside quoted strings.
-fn split_unquoted(text: &str, sep: u8) -> Vec<&str> {
-    let bytes = text.as_bytes();
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, &b) in bytes.iter().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if quoted && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        } else if b == sep && !quoted {
-            parts.push(&text[start..i]);
-            start = i + 1;
-        }
-    }
-    parts.push(&text[start..]);
-    parts
 }
 
 #[cfg(test)]

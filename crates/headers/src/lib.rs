@@ -5,6 +5,7 @@
 //! - [`list_items`] splits a comma-separated list field across all of its lines
 //!   (RFC 9110 §5.6.1), honouring quoted strings.
 //! - [`list_contains`] asks whether such a list holds a token, case-insensitively.
+//! - [`split_unquoted`] splits on any separator outside quoted strings (`Forwarded`'s `;`).
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue};
@@ -129,12 +130,14 @@ pub fn list_items<'a>(
 /// Splits one field line into its list items.
 #[derive(Debug)]
 struct ListItems<'a> {
-    rest: &'a [u8],
+    parts: SplitUnquoted<'a>,
 }
 
 impl<'a> ListItems<'a> {
     fn new(line: &'a [u8]) -> Self {
-        Self { rest: line }
+        Self {
+            parts: split_unquoted(line, b','),
+        }
     }
 }
 
@@ -142,34 +145,58 @@ impl<'a> Iterator for ListItems<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        while !self.rest.is_empty() {
-            let end = item_end(self.rest);
-            let item = trim_ows(&self.rest[..end]);
-            self.rest = self.rest.get(end + 1..).unwrap_or_default();
-            if !item.is_empty() {
-                return Some(item);
-            }
-        }
-        None
+        self.parts
+            .by_ref()
+            .map(trim_ows)
+            .find(|item| !item.is_empty())
     }
 }
 
-/// Index of the first comma outside a quoted string, or the length of `bytes`.
-fn item_end(bytes: &[u8]) -> usize {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if in_quotes && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            in_quotes = !in_quotes;
-        } else if b == b',' && !in_quotes {
-            return i;
-        }
+/// Splits `line` on `separator` wherever it stands outside a quoted string
+/// (RFC 9110 §5.6.4: inside `"…"`, a backslash escapes the next byte). Pieces are returned
+/// as they are, untrimmed, empty ones included.
+///
+/// ```
+/// let parts: Vec<&[u8]> =
+///     kestra_edge_headers::split_unquoted(br#"for="a;b";proto=http"#, b';').collect();
+/// assert_eq!(parts, [&br#"for="a;b""#[..], b"proto=http"]);
+/// ```
+pub fn split_unquoted(line: &[u8], separator: u8) -> SplitUnquoted<'_> {
+    SplitUnquoted {
+        rest: Some(line),
+        separator,
     }
-    bytes.len()
+}
+
+/// Iterator of [`split_unquoted`].
+#[derive(Debug, Clone)]
+pub struct SplitUnquoted<'a> {
+    rest: Option<&'a [u8]>,
+    separator: u8,
+}
+
+impl<'a> Iterator for SplitUnquoted<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        let mut in_quotes = false;
+        let mut escaped = false;
+        for (i, &b) in rest.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if in_quotes && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_quotes = !in_quotes;
+            } else if b == self.separator && !in_quotes {
+                self.rest = Some(&rest[i + 1..]);
+                return Some(&rest[..i]);
+            }
+        }
+        self.rest = None;
+        Some(rest)
+    }
 }
 
 /// Trims optional white space (SP / HTAB, RFC 9110 §5.6.3) from both ends.
