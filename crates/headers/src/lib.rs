@@ -6,6 +6,7 @@
 //!   (RFC 9110 §5.6.1), honouring quoted strings.
 //! - [`list_contains`] asks whether such a list holds a token, case-insensitively.
 //! - [`split_unquoted`] splits on any separator outside quoted strings (`Forwarded`'s `;`).
+//! - [`is_event_stream`] recognises a Server-Sent Events response.
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue};
@@ -24,8 +25,8 @@
 //! ```
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// `Keep-Alive` (RFC 9112 Appendix C.2.2), not a constant in `http`.
@@ -104,6 +105,20 @@ fn announced_trailers(headers: &HeaderMap, listed: &[HeaderName]) -> Option<Head
         return None;
     }
     HeaderValue::from_bytes(&names.join(&b", "[..])).ok()
+}
+
+/// Whether `headers` describe a Server-Sent Events stream: `Content-Type: text/event-stream`
+/// with any parameters, in any case (WHATWG HTML §9.2.2; media types are case-insensitive,
+/// RFC 9110 §8.3.1).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|value| {
+        let media_type = value
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
+        trim_ows(media_type).eq_ignore_ascii_case(b"text/event-stream")
+    })
 }
 
 /// Returns whether the list field `name` holds `token`, compared ASCII case-insensitively.
@@ -320,6 +335,26 @@ mod tests {
                 list_items(&headers, &HeaderName::from_static("x-list")).collect();
             let expected: Vec<&[u8]> = expected.iter().map(|e| e.as_bytes()).collect();
             assert_eq!(items, expected, "lines: {lines:?}");
+        }
+    }
+
+    #[test]
+    fn event_streams_are_recognised() {
+        let cases = [
+            (Some("text/event-stream"), true),
+            (Some("Text/Event-Stream; charset=utf-8"), true),
+            (Some(" text/event-stream ;x=y"), true),
+            (Some("text/event-streams"), false),
+            (Some("text/plain"), false),
+            (Some("application/json; text/event-stream"), false),
+            (None, false),
+        ];
+        for (content_type, expected) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = content_type {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            }
+            assert_eq!(is_event_stream(&headers), expected, "{content_type:?}");
         }
     }
 

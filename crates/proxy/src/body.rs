@@ -115,7 +115,8 @@ pin_project! {
             // When the proxy began waiting on the upstream; `None` while frames flow. A client
             // that stops reading is backpressure, not upstream silence, so it never counts.
             waiting_since: Option<Instant>,
-            read_timeout: Duration,
+            // `None`: no limit (an event stream whose idleness an outer layer governs).
+            read_timeout: Option<Duration>,
         },
         Message {
             data: Option<Bytes>,
@@ -124,12 +125,13 @@ pin_project! {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, read_timeout: Duration) -> Self {
-        let now = Instant::now();
+    pub(crate) fn upstream(body: Incoming, read_timeout: Option<Duration>) -> Self {
+        // Never polled without a read timeout, so its deadline does not matter then.
+        let first_deadline = Instant::now() + read_timeout.unwrap_or_default();
         Self {
             kind: Kind::Upstream {
                 body,
-                sleep: tokio::time::sleep_until(now + read_timeout),
+                sleep: tokio::time::sleep_until(first_deadline),
                 waiting_since: None,
                 read_timeout,
             },
@@ -173,11 +175,14 @@ impl Body for ProxyBody {
                     *waiting_since = None;
                     return Poll::Ready(frame.map(|r| r.map_err(BodyError::Upstream)));
                 }
+                let Some(read_timeout) = *read_timeout else {
+                    return Poll::Pending;
+                };
                 let since = *waiting_since.get_or_insert_with(Instant::now);
                 loop {
                     ready!(sleep.as_mut().poll(cx));
                     // The timer may be from an earlier wait: re-arm it for this one.
-                    let deadline = since + *read_timeout;
+                    let deadline = since + read_timeout;
                     if deadline <= Instant::now() {
                         return Poll::Ready(Some(Err(BodyError::ReadTimeout)));
                     }

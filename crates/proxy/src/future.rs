@@ -4,7 +4,7 @@ use crate::{body::Progress, error::ProxyError, ProxyBody};
 use http::{header::CONTENT_TYPE, HeaderValue, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::client::legacy;
-use kestra_edge_headers::remove_hop_by_hop;
+use kestra_edge_headers::{is_event_stream, remove_hop_by_hop};
 use pin_project_lite::pin_project;
 use std::{
     convert::Infallible,
@@ -38,6 +38,7 @@ pin_project! {
             progress: Option<Arc<Progress>>,
             start: Instant,
             read_timeout: Duration,
+            event_stream_timeout: Option<EventStreamReadTimeout>,
             span: Span,
         },
         Answer {
@@ -52,6 +53,7 @@ impl ResponseFuture {
         progress: Option<Arc<Progress>>,
         start: Instant,
         read_timeout: Duration,
+        event_stream_timeout: Option<EventStreamReadTimeout>,
         span: Span,
     ) -> Self {
         Self {
@@ -61,6 +63,7 @@ impl ResponseFuture {
                 progress,
                 start,
                 read_timeout,
+                event_stream_timeout,
                 span,
             },
         }
@@ -87,6 +90,7 @@ impl Future for ResponseFuture {
                 progress,
                 start,
                 read_timeout,
+                event_stream_timeout,
                 span,
             } => {
                 let _enter = span.enter();
@@ -107,7 +111,9 @@ impl Future for ResponseFuture {
                 let upstream_ms = start.elapsed().as_secs_f64() * 1e3;
                 span.record("upstream_ms", upstream_ms);
                 let response = match result {
-                    Ok(response) => proxied_response(response, *read_timeout),
+                    Ok(response) => {
+                        proxied_response(response, *read_timeout, *event_stream_timeout)
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), upstream_ms, "proxy failed");
                         plain_response(err.status(), &err.to_string())
@@ -126,11 +132,28 @@ impl Future for ResponseFuture {
 }
 
 /// The upstream's response as sent to the client: hop-by-hop fields removed, body streamed.
-fn proxied_response(response: Response<Incoming>, read_timeout: Duration) -> Response<ProxyBody> {
+fn proxied_response(
+    response: Response<Incoming>,
+    read_timeout: Duration,
+    event_stream_timeout: Option<EventStreamReadTimeout>,
+) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ProxyBody::upstream(body, read_timeout))
+    let body_timeout = match event_stream_timeout {
+        Some(EventStreamReadTimeout(timeout)) if is_event_stream(&parts.headers) => timeout,
+        _ => Some(read_timeout),
+    };
+    Response::from_parts(parts, ProxyBody::upstream(body, body_timeout))
 }
+
+/// A request extension that replaces the body read timeout when the response is an event
+/// stream (`None`: no limit).
+///
+/// Kestra's SSE streams stay silent for minutes; a layer that governs their idleness itself
+/// (kestra-edge's SSE guard, with heartbeats and its own idle limit) inserts this so that
+/// `read_timeout` does not cut them first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventStreamReadTimeout(pub Option<Duration>);
 
 /// The gateway's own short plain-text answer.
 fn plain_response(status: StatusCode, text: &str) -> Response<ProxyBody> {

@@ -3,7 +3,7 @@
 use crate::{
     body::{Progress, RequestBody},
     error::BoxError,
-    future::ResponseFuture,
+    future::{EventStreamReadTimeout, ResponseFuture},
 };
 use http::{
     header::{HeaderValue, HOST},
@@ -255,6 +255,7 @@ where
         }
         let host = self.host(&req);
         let (mut parts, body) = req.into_parts();
+        let event_stream_timeout = parts.extensions.get::<EventStreamReadTimeout>().copied();
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -281,7 +282,14 @@ where
             let _enter = span.enter();
             self.client.request(req)
         };
-        ResponseFuture::new(future, progress, start, self.shared.read_timeout, span)
+        ResponseFuture::new(
+            future,
+            progress,
+            start,
+            self.shared.read_timeout,
+            event_stream_timeout,
+            span,
+        )
     }
 }
 
