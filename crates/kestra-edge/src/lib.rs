@@ -11,7 +11,9 @@
 //!    that nothing a client sends can remove or forge what the gateway adds;
 //! 2. [`prefix`]: the context path (keep or strip), when one is configured; requests outside
 //!    it are answered 404, unsafe paths 400;
-//! 3. [`proxy`]: `Host`, timeouts, streaming to the upstream.
+//! 3. [`sse`]: event streams forwarded event by event, with heartbeats at event boundaries
+//!    and their own idle and lifetime limits;
+//! 4. [`proxy`]: `Host`, timeouts, streaming to the upstream.
 //!
 //! Embedding it in your own axum app:
 //!
@@ -72,10 +74,12 @@ pub use kestra_edge_prefix::{ContextPath, PrefixMode};
 pub use kestra_edge_proxy as proxy;
 pub use kestra_edge_proxy::ProxyBody;
 pub use kestra_edge_server as server;
+pub use kestra_edge_sse as sse;
 
 use kestra_edge_forwarded::{Forwarded, ForwardedLayer, ForwardedLayerBuilder};
 use kestra_edge_prefix::{Prefix, PrefixLayer};
 use kestra_edge_proxy::{ReverseProxy, ReverseProxyBuilder};
+use kestra_edge_sse::{SseBody, SseGuard, SseGuardLayer};
 
 /// A configuration that [`KestraEdgeBuilder::build`] refused.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,7 @@ pub enum BuildError {
 pub struct KestraEdgeBuilder {
     proxy: ReverseProxyBuilder,
     forwarded: ForwardedLayerBuilder,
+    sse: SseGuardLayer,
     context_path: Option<(String, PrefixMode)>,
 }
 
@@ -138,6 +143,24 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// See [`SseGuardLayer::heartbeat`] (default 15 s).
+    pub fn sse_heartbeat(mut self, every: Option<Duration>) -> Self {
+        self.sse = self.sse.heartbeat(every);
+        self
+    }
+
+    /// See [`SseGuardLayer::idle_timeout`] (default 60 minutes).
+    pub fn sse_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.sse = self.sse.idle_timeout(idle);
+        self
+    }
+
+    /// See [`SseGuardLayer::max_lifetime`] (default none).
+    pub fn sse_max_lifetime(mut self, cap: Option<Duration>) -> Self {
+        self.sse = self.sse.max_lifetime(cap);
+        self
+    }
+
     /// Serves Kestra under `path` (such as `/kestra`), keeping or stripping it; see
     /// [`prefix`]. Without it, every path is forwarded.
     pub fn context_path(mut self, path: impl Into<String>, mode: PrefixMode) -> Self {
@@ -155,13 +178,15 @@ impl KestraEdgeBuilder {
     {
         let forwarded = self.forwarded.build()?;
         let proxy: ReverseProxy<B> = self.proxy.build()?;
+        let upstream = proxy.upstream().to_string();
+        let guarded = self.sse.layer(proxy);
         let routed = match self.context_path {
             Some((path, mode)) => {
-                let layer = PrefixLayer::new(ContextPath::new(path)?, mode)
-                    .upstream_authority(proxy.upstream().as_str());
-                Either::Left(layer.layer(proxy))
+                let layer =
+                    PrefixLayer::new(ContextPath::new(path)?, mode).upstream_authority(upstream);
+                Either::Left(layer.layer(guarded))
             }
-            None => Either::Right(proxy),
+            None => Either::Right(guarded),
         };
         Ok(KestraEdge {
             stack: forwarded.layer(routed),
@@ -176,7 +201,11 @@ impl KestraEdgeBuilder {
 }
 
 /// The layers around the proxy, outermost first.
-type Stack<B> = Forwarded<Either<Prefix<ReverseProxy<B>, ReverseProxy<B>>, ReverseProxy<B>>>;
+type Stack<B> = Forwarded<Either<Prefix<Guarded<B>, Guarded<B>>, Guarded<B>>>;
+type Guarded<B> = SseGuard<ReverseProxy<B>>;
+
+/// The body of every response of the stack.
+pub type EdgeBody = SseBody<ProxyBody>;
 
 /// The whole kestra-edge stack as one tower service; see the [crate docs](crate).
 #[derive(Debug)]
@@ -191,6 +220,7 @@ impl KestraEdge<()> {
         KestraEdgeBuilder {
             proxy: ReverseProxyBuilder::new(upstream),
             forwarded: ForwardedLayer::builder(),
+            sse: SseGuardLayer::new(),
             context_path: None,
         }
     }
@@ -206,9 +236,9 @@ impl<B> Clone for KestraEdge<B> {
 
 impl<B> Service<Request<B>> for KestraEdge<B>
 where
-    Stack<B>: Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible>,
+    Stack<B>: Service<Request<B>, Response = Response<EdgeBody>, Error = Infallible>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<EdgeBody>;
     type Error = Infallible;
     type Future = <Stack<B> as Service<Request<B>>>::Future;
 

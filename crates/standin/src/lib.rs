@@ -9,7 +9,7 @@
 //! | `{ctx}/ui/…` | a small HTML page |
 //! | `{ctx}/ping` | `pong` |
 //! | `{ctx}/api/v1/echo/…` (any method) | JSON: method, version, raw path and query, headers, body length and SHA-256, trailers |
-//! | `{ctx}/api/v1/[{tenant}/]executions/{id}/follow`, `…/follow-dependencies`, `{ctx}/api/v1/[{tenant}/]logs/{id}/follow` | Server-Sent Events, `id: start`, `progress`…, `end`; each `data:` holds `sent_at_us`; query `events=N` (0: never end) and `interval_ms=M` |
+//! | `{ctx}/api/v1/[{tenant}/]executions/{id}/follow`, `…/follow-dependencies`, `{ctx}/api/v1/[{tenant}/]logs/{id}/follow` | Server-Sent Events, `id: start`, `progress`…, `end`; each `data:` holds `sent_at_us`; query `events=N` (0: never end), `interval_ms=M`, `pad=B` bytes of padding per event |
 //! | `{ctx}/api/v1/ws/echo` | WebSocket echo |
 //! | `{ctx}/api/v1/slow?head_ms=H&body_ms=B` | waits `H` ms before the head, sends `first\n`, waits `B` ms, sends `last\n` |
 //! | `{ctx}/api/v1/upload` (POST, PUT) | JSON: length and SHA-256 of the streamed body |
@@ -328,6 +328,8 @@ async fn upload(body: Body) -> Response {
 struct FollowQuery {
     events: Option<u64>,
     interval_ms: Option<u64>,
+    /// Bytes of padding in each event's data, for load and memory tests.
+    pad: Option<usize>,
 }
 
 /// Counts an open SSE stream for as long as the stream lives.
@@ -353,15 +355,17 @@ fn unix_micros() -> u128 {
 }
 
 /// One SSE event the way Kestra frames it: the kind in `id:`, JSON in `data:`.
-fn sse_event(kind: &str, seq: u64) -> Bytes {
+fn sse_event(kind: &str, seq: u64, pad: usize) -> Bytes {
     Bytes::from(format!(
-        "id: {kind}\nevent: execution\ndata: {{\"seq\":{seq},\"state\":\"{kind}\",\"sent_at_us\":{}}}\n\n",
+        "id: {kind}\nevent: execution\ndata: {{\"seq\":{seq},\"state\":\"{kind}\",\"pad\":\"{}\",\"sent_at_us\":{}}}\n\n",
+        "x".repeat(pad),
         unix_micros()
     ))
 }
 
 async fn follow(State(state): State<Arc<AppState>>, Query(query): Query<FollowQuery>) -> Response {
     let events = query.events.unwrap_or(state.config.events);
+    let pad = query.pad.unwrap_or(0).min(1 << 20);
     let interval = query
         .interval_ms
         .map_or(state.config.event_interval, Duration::from_millis);
@@ -373,14 +377,22 @@ async fn follow(State(state): State<Arc<AppState>>, Query(query): Query<FollowQu
             return None;
         }
         if seq > 0 {
-            tokio::time::sleep(interval).await;
+            // `interval_ms=0` pushes as fast as the reader takes it.
+            if interval.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(interval).await;
+            }
         }
         let kind = match seq {
             0 => "start",
             s if Some(s) == end => "end",
             _ => "progress",
         };
-        Some((Ok::<_, Infallible>(sse_event(kind, seq)), (seq + 1, guard)))
+        Some((
+            Ok::<_, Infallible>(sse_event(kind, seq, pad)),
+            (seq + 1, guard),
+        ))
     });
     (
         [

@@ -6,6 +6,11 @@ use kestra_edge::{server::Server, ForwardedHeaders, KestraEdge, PrefixMode};
 use kestra_edge_standin::{Standin, StandinConfig};
 use serde::Deserialize;
 use std::{future::Future, io, net::SocketAddr, path::PathBuf, time::Duration};
+use tower::Layer;
+use tower_http::compression::{
+    predicate::{And, DefaultPredicate, Predicate},
+    Compression, CompressionLayer,
+};
 
 /// Defaults, shared by the flags' help and the merge.
 mod defaults {
@@ -17,6 +22,8 @@ mod defaults {
     pub(crate) const READ_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_READ_TIMEOUT;
     pub(crate) const HEADER_TIMEOUT: Duration = kestra_edge::server::DEFAULT_HEADER_READ_TIMEOUT;
     pub(crate) const SHUTDOWN_GRACE: Duration = kestra_edge::server::DEFAULT_SHUTDOWN_GRACE;
+    pub(crate) const SSE_HEARTBEAT: Duration = kestra_edge::sse::DEFAULT_HEARTBEAT;
+    pub(crate) const SSE_IDLE_TIMEOUT: Duration = kestra_edge::sse::DEFAULT_IDLE_TIMEOUT;
 }
 
 /// Which `Host` the upstream sees.
@@ -133,6 +140,21 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<String>,
+    /// Send a `:` comment to an SSE stream after this much quiet, at an event boundary;
+    /// 0 turns it off [default: 15s].
+    #[arg(long, env = "KESTRA_EDGE_SSE_HEARTBEAT", value_name = "DURATION", value_parser = parse_duration)]
+    pub sse_heartbeat: Option<Duration>,
+    /// End an SSE stream after this long without upstream data (heartbeats do not count);
+    /// 0 turns it off [default: 1h, Kestra's own idle timeout].
+    #[arg(long, env = "KESTRA_EDGE_SSE_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub sse_idle_timeout: Option<Duration>,
+    /// End every SSE stream at the first event boundary after this long, with a jittered
+    /// `retry:` [default: no cap].
+    #[arg(long, env = "KESTRA_EDGE_SSE_MAX_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub sse_max_lifetime: Option<Duration>,
+    /// Compress ordinary responses (gzip, br) for clients that accept it; SSE never.
+    #[arg(long, env = "KESTRA_EDGE_COMPRESSION")]
+    pub compression: bool,
     /// A forwarded header not to send upstream; repeatable [default: send them all].
     #[arg(
         long = "forwarded-omit",
@@ -169,6 +191,13 @@ struct FileConfig {
     prefix_mode: Option<PrefixModeArg>,
     trusted_proxies: Option<Vec<String>>,
     forwarded_omit: Option<Vec<ForwardedHeader>>,
+    #[serde(default, with = "humantime_serde_opt")]
+    sse_heartbeat: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    sse_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    sse_max_lifetime: Option<Duration>,
+    compression: Option<bool>,
     demo: Option<bool>,
 }
 
@@ -235,6 +264,14 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<String>,
     /// See `--forwarded-omit`.
     pub forwarded_omit: Vec<ForwardedHeader>,
+    /// See `--sse-heartbeat` (zero: off).
+    pub sse_heartbeat: Duration,
+    /// See `--sse-idle-timeout` (zero: off).
+    pub sse_idle_timeout: Duration,
+    /// See `--sse-max-lifetime`.
+    pub sse_max_lifetime: Option<Duration>,
+    /// See `--compression`.
+    pub compression: bool,
     /// See `--demo`.
     pub demo: bool,
 }
@@ -306,17 +343,50 @@ impl GatewayConfig {
                 .filter(|v| !v.is_empty())
                 .or(file.forwarded_omit)
                 .unwrap_or_default(),
+            sse_heartbeat: args
+                .sse_heartbeat
+                .or(file.sse_heartbeat)
+                .unwrap_or(defaults::SSE_HEARTBEAT),
+            sse_idle_timeout: args
+                .sse_idle_timeout
+                .or(file.sse_idle_timeout)
+                .unwrap_or(defaults::SSE_IDLE_TIMEOUT),
+            sse_max_lifetime: args.sse_max_lifetime.or(file.sse_max_lifetime),
+            compression: args.compression || file.compression.unwrap_or(false),
             demo: args.demo || file.demo.unwrap_or(false),
         }
     }
 }
 
+/// Compression on or off, decided once at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressionSwitch(bool);
+
+impl Predicate for CompressionSwitch {
+    fn should_compress<B: http_body::Body>(&self, _response: &http::Response<B>) -> bool {
+        self.0
+    }
+}
+
+/// What the gateway serves: the kestra-edge stack, behind optional compression (whose
+/// default predicate never compresses `text/event-stream`).
+pub type GatewayService =
+    Compression<KestraEdge<hyper::body::Incoming>, And<CompressionSwitch, DefaultPredicate>>;
+
 /// A gateway bound to its address, ready to serve.
-#[derive(Debug)]
 pub struct Gateway {
     server: Server,
-    edge: KestraEdge<hyper::body::Incoming>,
+    service: GatewayService,
     standin: Option<Standin>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("server", &self.server)
+            .field("standin", &self.standin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gateway {
@@ -344,14 +414,22 @@ impl Gateway {
         if let Some(path) = &config.context_path {
             edge = edge.context_path(path.clone(), config.prefix_mode.into());
         }
-        let edge = edge.build().map_err(ConfigError::from)?;
+        let edge = edge
+            .sse_heartbeat(Some(config.sse_heartbeat))
+            .sse_idle_timeout(Some(config.sse_idle_timeout))
+            .sse_max_lifetime(config.sse_max_lifetime)
+            .build()
+            .map_err(ConfigError::from)?;
+        let service = CompressionLayer::new()
+            .compress_when(CompressionSwitch(config.compression).and(DefaultPredicate::new()))
+            .layer(edge);
         let server = Server::bind(config.listen)
             .await?
             .header_read_timeout(config.header_timeout)
             .shutdown_grace(config.shutdown_grace);
         Ok(Self {
             server,
-            edge,
+            service,
             standin,
         })
     }
@@ -375,10 +453,10 @@ impl Gateway {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Self {
             server,
-            edge,
+            service,
             standin,
         } = self;
-        let result = server.serve(edge, shutdown).await;
+        let result = server.serve(service, shutdown).await;
         drop(standin);
         result
     }
