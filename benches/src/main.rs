@@ -42,6 +42,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// The subcommands read `serve-upstream`, `serve-gateway`, `serve-standin`.
+#[allow(clippy::enum_variant_names)]
 enum Mode {
     /// Serve the minimal upstream and print `listening ADDR`.
     ServeUpstream,
@@ -50,6 +52,8 @@ enum Mode {
         #[arg(long)]
         upstream: String,
     },
+    /// Serve the Kestra stand-in (SSE follow streams) and print `listening ADDR`.
+    ServeStandin,
 }
 
 /// The body of the large-GET workload.
@@ -58,14 +62,22 @@ const LARGE: usize = 1 << 20;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     match cli.mode {
-        Some(Mode::ServeUpstream) => serve(None),
-        Some(Mode::ServeGateway { upstream }) => serve(Some(upstream)),
+        Some(Mode::ServeUpstream) => serve(Upstream::Minimal),
+        Some(Mode::ServeGateway { upstream }) => serve(Upstream::Gateway(upstream)),
+        Some(Mode::ServeStandin) => serve(Upstream::Standin),
         None => run(&cli),
     }
 }
 
+/// What a child process serves.
+enum Upstream {
+    Minimal,
+    Standin,
+    Gateway(String),
+}
+
 /// Child mode: serve on 127.0.0.1:0 until stdin closes.
-fn serve(upstream: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(upstream: Upstream) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -76,14 +88,20 @@ fn serve(upstream: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
                 .await;
         };
         match upstream {
-            Some(upstream) => {
+            Upstream::Standin => {
+                let standin = kestra_edge_standin::Standin::start(Default::default()).await?;
+                announce(standin.addr());
+                stdin_closed.await;
+                drop(standin);
+            }
+            Upstream::Gateway(upstream) => {
                 let mut config = GatewayConfig::for_upstream(upstream);
                 config.shutdown_grace = Duration::ZERO;
                 let gateway = Gateway::bind(config).await?;
                 announce(gateway.local_addr()?);
                 gateway.serve(stdin_closed).await?;
             }
-            None => {
+            Upstream::Minimal => {
                 let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                     .await?
                     .shutdown_grace(Duration::ZERO);
@@ -215,10 +233,35 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     print_table(&results);
+
+    let standin = ChildServer::spawn(&["serve-standin"])?;
+    let standin_url = format!("http://{}", standin.addr);
+    let sse_gateway = ChildServer::spawn(&["serve-gateway", "--upstream", &standin_url])?;
+    let mut sse_results = Vec::new();
+    for streams in SSE_STREAMS {
+        for (target, addr) in [("direct", standin.addr), ("kestra-edge", sse_gateway.addr)] {
+            let delays = runtime.block_on(sse_delays(addr, streams, cli.duration));
+            eprintln!(
+                "  SSE streams={streams:<4} {target:<12} events {:>7}  p50 {:>5} µs  p99 {:>5} µs",
+                delays.len(),
+                delays.value_at_quantile(0.5),
+                delays.value_at_quantile(0.99)
+            );
+            sse_results.push(SseMeasurement {
+                streams,
+                target,
+                events: delays.len(),
+                p50_us: delays.value_at_quantile(0.5),
+                p99_us: delays.value_at_quantile(0.99),
+            });
+        }
+    }
+    print_sse_table(&sse_results);
     if let Some(dir) = cli.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&cli.json, serde_json::to_vec_pretty(&results)?)?;
+    let json = serde_json::json!({ "http": results, "sse": sse_results });
+    std::fs::write(&cli.json, serde_json::to_vec_pretty(&json)?)?;
     eprintln!("JSON written to {}", cli.json.display());
     Ok(())
 }
@@ -338,6 +381,103 @@ fn print_table(results: &[Measurement]) {
                 m.p999_us,
                 m.errors,
                 m.requests_per_sec / direct
+            );
+        }
+    }
+}
+
+/// Concurrent follow streams in the SSE workload.
+const SSE_STREAMS: [usize; 2] = [1, 100];
+/// Gap between two events of one stream.
+const SSE_INTERVAL_MS: u64 = 20;
+
+#[derive(Debug, Serialize)]
+struct SseMeasurement {
+    streams: usize,
+    target: &'static str,
+    events: u64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// Delay from the stand-in's `sent_at_us` stamp to the event's arrival, over `streams`
+/// concurrent follow streams for `duration` (both ends read the same clock).
+async fn sse_delays(addr: SocketAddr, streams: usize, duration: Duration) -> Histogram<u64> {
+    let events = duration.as_millis() as u64 / SSE_INTERVAL_MS;
+    let mut tasks = tokio::task::JoinSet::new();
+    for stream in 0..streams {
+        let path = format!(
+            "/kestra/api/v1/main/executions/bench-{stream}/follow?events={events}&interval_ms={SSE_INTERVAL_MS}"
+        );
+        tasks.spawn(sse_stream(addr, path));
+    }
+    let mut histogram = new_histogram();
+    while let Some(Ok(h)) = tasks.join_next().await {
+        let _ = histogram.add(&h);
+    }
+    histogram
+}
+
+async fn sse_stream(addr: SocketAddr, path: String) -> Histogram<u64> {
+    let mut histogram = new_histogram();
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return histogram;
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return histogram;
+    };
+    tokio::spawn(conn);
+    let Ok(request) = http::Request::get(path)
+        .header(http::header::HOST, "bench.local")
+        .body(Empty::<Bytes>::new())
+    else {
+        return histogram;
+    };
+    let Ok(response) = sender.send_request(request).await else {
+        return histogram;
+    };
+    let mut body = response.into_body();
+    const STAMP: &str = "\"sent_at_us\":";
+    while let Some(Ok(frame)) = body.frame().await {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&data);
+        for stamp in text.split(STAMP).skip(1) {
+            let digits: String = stamp.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(sent) = digits.parse::<u64>() {
+                let _ = histogram.record(now.saturating_sub(sent).max(1));
+            }
+        }
+    }
+    histogram
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!())
+}
+
+fn print_sse_table(results: &[SseMeasurement]) {
+    println!();
+    println!("| SSE streams | target | events | delay p50 µs | delay p99 µs | added p50 µs | added p99 µs |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for pair in results.chunks(2) {
+        let direct = &pair[0];
+        for m in pair {
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                m.streams,
+                m.target,
+                m.events,
+                m.p50_us,
+                m.p99_us,
+                m.p50_us as i64 - direct.p50_us as i64,
+                m.p99_us as i64 - direct.p99_us as i64,
             );
         }
     }
