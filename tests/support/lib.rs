@@ -24,6 +24,7 @@ use tokio::{
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub connections: kestra_edge::server::Connections,
+    pub tunnels: kestra_edge::Tunnels,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -33,6 +34,7 @@ impl RunningGateway {
         let gateway = Gateway::bind(config).await.expect("gateway binds");
         let addr = gateway.local_addr().unwrap();
         let connections = gateway.connections();
+        let tunnels = gateway.tunnels().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve(async {
             let _ = stopped.await;
@@ -40,6 +42,7 @@ impl RunningGateway {
         Self {
             addr,
             connections,
+            tunnels,
             stop: Some(stop),
             task: Some(task),
         }

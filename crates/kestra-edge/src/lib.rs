@@ -6,14 +6,17 @@
 //! `proxy_http_version 1.1`, `Host $http_host`, `proxy_read_timeout 600s`,
 //! `proxy_buffering off`). From the outside in:
 //!
-//! 1. [`forwarded`]: hop-by-hop fields removed, `Host` checked (400), then who the client is
+//! 1. [`upgrade`]: allowed upgrades (WebSocket, also over HTTP/2 extended CONNECT) validated
+//!    and tunnelled; `h2c` never forwarded; first, because it must see `Upgrade` before
+//!    hop-by-hop removal;
+//! 2. [`forwarded`]: hop-by-hop fields removed, `Host` checked (400), then who the client is
 //!    (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) with the trusted-proxy model; first, so
 //!    that nothing a client sends can remove or forge what the gateway adds;
-//! 2. [`prefix`]: the context path (keep or strip), when one is configured; requests outside
+//! 3. [`prefix`]: the context path (keep or strip), when one is configured; requests outside
 //!    it are answered 404, unsafe paths 400;
-//! 3. [`sse`]: event streams forwarded event by event, with heartbeats at event boundaries
+//! 4. [`sse`]: event streams forwarded event by event, with heartbeats at event boundaries
 //!    and their own idle and lifetime limits;
-//! 4. [`proxy`]: `Host`, timeouts, streaming to the upstream.
+//! 5. [`proxy`]: `Host`, timeouts, streaming to the upstream.
 //!
 //! Embedding it in your own axum app:
 //!
@@ -75,11 +78,14 @@ pub use kestra_edge_proxy as proxy;
 pub use kestra_edge_proxy::ProxyBody;
 pub use kestra_edge_server as server;
 pub use kestra_edge_sse as sse;
+pub use kestra_edge_upgrade as upgrade;
+pub use kestra_edge_upgrade::Tunnels;
 
 use kestra_edge_forwarded::{Forwarded, ForwardedLayer, ForwardedLayerBuilder};
 use kestra_edge_prefix::{Prefix, PrefixLayer};
 use kestra_edge_proxy::{ReverseProxy, ReverseProxyBuilder};
 use kestra_edge_sse::{SseBody, SseGuard, SseGuardLayer};
+use kestra_edge_upgrade::{Upgrade, UpgradeLayer};
 
 /// A configuration that [`KestraEdgeBuilder::build`] refused.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +108,9 @@ pub struct KestraEdgeBuilder {
     proxy: ReverseProxyBuilder,
     forwarded: ForwardedLayerBuilder,
     sse: SseGuardLayer,
+    upgrade: UpgradeLayer,
+    read_timeout: Duration,
+    tunnel_idle_timeout: Option<Duration>,
     context_path: Option<(String, PrefixMode)>,
 }
 
@@ -115,6 +124,7 @@ impl KestraEdgeBuilder {
     /// See [`ReverseProxyBuilder::read_timeout`].
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.proxy = self.proxy.read_timeout(timeout);
+        self.read_timeout = timeout;
         self
     }
 
@@ -161,6 +171,28 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// The `Upgrade` protocols tunnelled (default `websocket`; `h2c` never).
+    pub fn upgrade_protocols<I, T>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.upgrade = self.upgrade.protocols(protocols);
+        self
+    }
+
+    /// Closes a tunnel after this long without a byte either way (default: the read timeout).
+    pub fn tunnel_idle_timeout(mut self, idle: Duration) -> Self {
+        self.tunnel_idle_timeout = Some(idle);
+        self
+    }
+
+    /// Closes every tunnel after this long (default: no cap).
+    pub fn tunnel_max_lifetime(mut self, cap: Option<Duration>) -> Self {
+        self.upgrade = self.upgrade.max_lifetime(cap);
+        self
+    }
+
     /// Serves Kestra under `path` (such as `/kestra`), keeping or stripping it; see
     /// [`prefix`]. Without it, every path is forwarded.
     pub fn context_path(mut self, path: impl Into<String>, mode: PrefixMode) -> Self {
@@ -188,8 +220,12 @@ impl KestraEdgeBuilder {
             }
             None => Either::Right(guarded),
         };
+        let upgrade = self
+            .upgrade
+            .idle_timeout(self.tunnel_idle_timeout.unwrap_or(self.read_timeout));
         Ok(KestraEdge {
-            stack: forwarded.layer(routed),
+            tunnels: upgrade.tunnels().clone(),
+            stack: upgrade.layer(forwarded.layer(routed)),
         })
     }
 
@@ -201,7 +237,7 @@ impl KestraEdgeBuilder {
 }
 
 /// The layers around the proxy, outermost first.
-type Stack<B> = Forwarded<Either<Prefix<Guarded<B>, Guarded<B>>, Guarded<B>>>;
+type Stack<B> = Upgrade<Forwarded<Either<Prefix<Guarded<B>, Guarded<B>>, Guarded<B>>>>;
 type Guarded<B> = SseGuard<ReverseProxy<B>>;
 
 /// The body of every response of the stack.
@@ -211,6 +247,14 @@ pub type EdgeBody = SseBody<ProxyBody>;
 #[derive(Debug)]
 pub struct KestraEdge<B> {
     stack: Stack<B>,
+    tunnels: Tunnels,
+}
+
+impl<B> KestraEdge<B> {
+    /// The open upgrade tunnels; close the rest with [`Tunnels::drain`] when shutting down.
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
+    }
 }
 
 impl KestraEdge<()> {
@@ -221,6 +265,9 @@ impl KestraEdge<()> {
             proxy: ReverseProxyBuilder::new(upstream),
             forwarded: ForwardedLayer::builder(),
             sse: SseGuardLayer::new(),
+            upgrade: UpgradeLayer::new(),
+            read_timeout: proxy::DEFAULT_READ_TIMEOUT,
+            tunnel_idle_timeout: None,
             context_path: None,
         }
     }
@@ -230,6 +277,7 @@ impl<B> Clone for KestraEdge<B> {
     fn clone(&self) -> Self {
         Self {
             stack: self.stack.clone(),
+            tunnels: self.tunnels.clone(),
         }
     }
 }

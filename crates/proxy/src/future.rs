@@ -39,6 +39,7 @@ pin_project! {
             start: Instant,
             read_timeout: Duration,
             event_stream_timeout: Option<EventStreamReadTimeout>,
+            upgrade_requested: bool,
             span: Span,
         },
         Answer {
@@ -54,6 +55,7 @@ impl ResponseFuture {
         start: Instant,
         read_timeout: Duration,
         event_stream_timeout: Option<EventStreamReadTimeout>,
+        upgrade_requested: bool,
         span: Span,
     ) -> Self {
         Self {
@@ -64,6 +66,7 @@ impl ResponseFuture {
                 start,
                 read_timeout,
                 event_stream_timeout,
+                upgrade_requested,
                 span,
             },
         }
@@ -91,6 +94,7 @@ impl Future for ResponseFuture {
                 start,
                 read_timeout,
                 event_stream_timeout,
+                upgrade_requested,
                 span,
             } => {
                 let _enter = span.enter();
@@ -111,6 +115,16 @@ impl Future for ResponseFuture {
                 let upstream_ms = start.elapsed().as_secs_f64() * 1e3;
                 span.record("upstream_ms", upstream_ms);
                 let response = match result {
+                    Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        if *upgrade_requested {
+                            // Passed on whole: the upgrade layer validates it and takes the
+                            // connection from its extensions.
+                            response.map(|_| ProxyBody::message(""))
+                        } else {
+                            tracing::warn!("upstream switched protocols unasked");
+                            plain_response(StatusCode::BAD_GATEWAY, "upstream connection failed")
+                        }
+                    }
                     Ok(response) => {
                         proxied_response(response, *read_timeout, *event_stream_timeout)
                     }

@@ -38,6 +38,6 @@ pub use body::{ProxyBody, RequestBody};
 pub use error::{BodyError, ProxyError};
 pub use future::{EventStreamReadTimeout, ResponseFuture};
 pub use service::{
-    BuildError, ReverseProxy, ReverseProxyBuilder, DEFAULT_CONNECT_TIMEOUT,
+    BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_READ_TIMEOUT,
 };

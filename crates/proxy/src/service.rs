@@ -6,7 +6,7 @@ use crate::{
     future::{EventStreamReadTimeout, ResponseFuture},
 };
 use http::{
-    header::{HeaderValue, HOST},
+    header::{HeaderValue, CONNECTION, HOST, UPGRADE},
     uri::{Authority, PathAndQuery, Scheme},
     Method, Request, StatusCode, Uri, Version,
 };
@@ -158,6 +158,16 @@ impl ReverseProxyBuilder {
     }
 }
 
+/// A request extension asking the proxy to forward an upgrade to `protocol` (RFC 9110 §7.8):
+/// after hop-by-hop removal, `Connection: upgrade` and `Upgrade: <protocol>` are put back, and
+/// the upstream's `101 Switching Protocols` is passed on unmodified, its connection ready to
+/// be taken with `hyper::upgrade::on`.
+///
+/// kestra-edge's upgrade layer inserts it once it has validated the request; without it an
+/// upgrade never reaches the upstream and a `101` from the upstream is answered 502.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeProtocol(pub HeaderValue);
+
 /// What every request of one proxy shares.
 #[derive(Debug)]
 struct Shared {
@@ -275,6 +285,14 @@ where
         if let Some(host) = host {
             parts.headers.insert(HOST, host);
         }
+        let upgrade = parts.extensions.get::<UpgradeProtocol>().cloned();
+        if let Some(UpgradeProtocol(protocol)) = &upgrade {
+            // RFC 9110 §7.8: the only hop-by-hop fields that go on, put back after removal.
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, protocol.clone());
+        }
 
         let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::new(start)));
         let req = Request::from_parts(parts, RequestBody::new(body, progress.clone()));
@@ -288,6 +306,7 @@ where
             start,
             self.shared.read_timeout,
             event_stream_timeout,
+            upgrade.is_some(),
             span,
         )
     }

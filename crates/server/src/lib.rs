@@ -7,6 +7,7 @@
 //! - a timer installed, so the HTTP/1 header read timeout applies (slow-header clients are
 //!   disconnected);
 //! - `TCP_NODELAY` on every accepted socket;
+//! - HTTP/2 extended CONNECT advertised (RFC 8441), for WebSockets over HTTP/2;
 //! - each request carries a [`PeerAddr`] extension (the TCP peer) and a [`LocalAddr`]
 //!   extension (the listener address it came in on);
 //! - graceful shutdown: when `shutdown` resolves, accepting stops at once, in-flight requests
@@ -169,7 +170,11 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .enable_connect_protocol();
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let mut tasks = JoinSet::new();

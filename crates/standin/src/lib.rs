@@ -80,6 +80,7 @@ impl Default for StandinConfig {
 #[derive(Debug, Clone, Default)]
 pub struct StandinStats {
     open_streams: Arc<AtomicUsize>,
+    open_websockets: Arc<AtomicUsize>,
     connections: Connections,
 }
 
@@ -89,7 +90,12 @@ impl StandinStats {
         self.open_streams.load(Ordering::Acquire)
     }
 
-    /// TCP connections currently open.
+    /// WebSocket sessions currently open (upgraded sockets leave the connection count).
+    pub fn open_websockets(&self) -> usize {
+        self.open_websockets.load(Ordering::Acquire)
+    }
+
+    /// TCP connections currently open, not counting upgraded ones.
     pub fn open_connections(&self) -> usize {
         self.connections.open()
     }
@@ -119,6 +125,7 @@ impl Standin {
         let addr = server.local_addr()?;
         let stats = StandinStats {
             open_streams: Arc::default(),
+            open_websockets: Arc::default(),
             connections: server.connections(),
         };
         let context_path = config.context_path.clone();
@@ -404,19 +411,18 @@ async fn follow(State(state): State<Arc<AppState>>, Query(query): Query<FollowQu
         .into_response()
 }
 
-async fn ws_echo(ws: WebSocketUpgrade) -> Response {
+async fn ws_echo(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
     use axum::extract::ws::Message;
+    let count = state.stats.open_websockets.clone();
     ws.max_message_size(64 << 20)
         .on_upgrade(|mut socket| async move {
+            let _open = StreamGuard::new(&count);
             while let Some(Ok(message)) = socket.recv().await {
                 let reply = match message {
                     Message::Text(_) | Message::Binary(_) => message,
-                    Message::Close(frame) => {
-                        let _ = socket.send(Message::Close(frame)).await;
-                        break;
-                    }
-                    // axum answers pings itself.
-                    Message::Ping(_) | Message::Pong(_) => continue,
+                    // tungstenite queues the close reply (same code) and pings' pongs
+                    // itself; reading on flushes them and then ends the loop.
+                    Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 if socket.send(reply).await.is_err() {
                     break;

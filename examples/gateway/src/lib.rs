@@ -152,6 +152,22 @@ pub struct Args {
     /// `retry:` [default: no cap].
     #[arg(long, env = "KESTRA_EDGE_SSE_MAX_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
     pub sse_max_lifetime: Option<Duration>,
+    /// An `Upgrade` protocol to tunnel; repeatable (h2c is never tunnelled)
+    /// [default: websocket].
+    #[arg(
+        long = "upgrade-protocol",
+        env = "KESTRA_EDGE_UPGRADE_PROTOCOLS",
+        value_name = "TOKEN",
+        value_delimiter = ','
+    )]
+    pub upgrade_protocols: Vec<String>,
+    /// Close a tunnel (WebSocket) after this long without a byte either way
+    /// [default: the read timeout].
+    #[arg(long, env = "KESTRA_EDGE_TUNNEL_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub tunnel_idle_timeout: Option<Duration>,
+    /// Close every tunnel after this long [default: no cap].
+    #[arg(long, env = "KESTRA_EDGE_TUNNEL_MAX_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub tunnel_max_lifetime: Option<Duration>,
     /// Compress ordinary responses (gzip, br) for clients that accept it; SSE never.
     #[arg(long, env = "KESTRA_EDGE_COMPRESSION")]
     pub compression: bool,
@@ -198,6 +214,11 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     sse_max_lifetime: Option<Duration>,
     compression: Option<bool>,
+    upgrade_protocols: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde_opt")]
+    tunnel_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    tunnel_max_lifetime: Option<Duration>,
     demo: Option<bool>,
 }
 
@@ -272,6 +293,12 @@ pub struct GatewayConfig {
     pub sse_max_lifetime: Option<Duration>,
     /// See `--compression`.
     pub compression: bool,
+    /// See `--upgrade-protocol`.
+    pub upgrade_protocols: Vec<String>,
+    /// See `--tunnel-idle-timeout` (`None`: the read timeout).
+    pub tunnel_idle_timeout: Option<Duration>,
+    /// See `--tunnel-max-lifetime`.
+    pub tunnel_max_lifetime: Option<Duration>,
     /// See `--demo`.
     pub demo: bool,
 }
@@ -353,6 +380,12 @@ impl GatewayConfig {
                 .unwrap_or(defaults::SSE_IDLE_TIMEOUT),
             sse_max_lifetime: args.sse_max_lifetime.or(file.sse_max_lifetime),
             compression: args.compression || file.compression.unwrap_or(false),
+            upgrade_protocols: Some(args.upgrade_protocols)
+                .filter(|v| !v.is_empty())
+                .or(file.upgrade_protocols)
+                .unwrap_or_else(|| vec!["websocket".to_owned()]),
+            tunnel_idle_timeout: args.tunnel_idle_timeout.or(file.tunnel_idle_timeout),
+            tunnel_max_lifetime: args.tunnel_max_lifetime.or(file.tunnel_max_lifetime),
             demo: args.demo || file.demo.unwrap_or(false),
         }
     }
@@ -377,6 +410,8 @@ pub type GatewayService =
 pub struct Gateway {
     server: Server,
     service: GatewayService,
+    tunnels: kestra_edge::Tunnels,
+    shutdown_grace: Duration,
     standin: Option<Standin>,
 }
 
@@ -414,12 +449,18 @@ impl Gateway {
         if let Some(path) = &config.context_path {
             edge = edge.context_path(path.clone(), config.prefix_mode.into());
         }
+        if let Some(idle) = config.tunnel_idle_timeout {
+            edge = edge.tunnel_idle_timeout(idle);
+        }
         let edge = edge
+            .upgrade_protocols(config.upgrade_protocols.iter().cloned())
+            .tunnel_max_lifetime(config.tunnel_max_lifetime)
             .sse_heartbeat(Some(config.sse_heartbeat))
             .sse_idle_timeout(Some(config.sse_idle_timeout))
             .sse_max_lifetime(config.sse_max_lifetime)
             .build()
             .map_err(ConfigError::from)?;
+        let tunnels = edge.tunnels().clone();
         let service = CompressionLayer::new()
             .compress_when(CompressionSwitch(config.compression).and(DefaultPredicate::new()))
             .layer(edge);
@@ -430,6 +471,8 @@ impl Gateway {
         Ok(Self {
             server,
             service,
+            tunnels,
+            shutdown_grace: config.shutdown_grace,
             standin,
         })
     }
@@ -449,14 +492,31 @@ impl Gateway {
         self.server.connections()
     }
 
-    /// Serves until `shutdown` resolves and the grace period has run its course.
+    /// The open upgrade tunnels.
+    pub fn tunnels(&self) -> &kestra_edge::Tunnels {
+        &self.tunnels
+    }
+
+    /// Serves until `shutdown` resolves and the grace period has run its course: then
+    /// connections and tunnels still open are closed.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Self {
             server,
             service,
+            tunnels,
+            shutdown_grace,
             standin,
         } = self;
+        let (began, began_rx) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = began.send(tokio::time::Instant::now());
+        };
         let result = server.serve(service, shutdown).await;
+        // Tunnels are not HTTP connections any more: they get the same deadline here.
+        if let Ok(began) = began_rx.await {
+            tunnels.drain(began + shutdown_grace).await;
+        }
         drop(standin);
         result
     }
