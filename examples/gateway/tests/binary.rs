@@ -1,7 +1,7 @@
 //! The `kestra-edge` binary as users run it: a real process, real signals, real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use kestra_edge_standin::{Standin, StandinConfig};
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 use tokio::{
@@ -283,4 +283,53 @@ async fn invalid_configuration_exits_with_a_clear_error() {
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn tunnels_still_open_at_the_grace_deadline_are_closed() {
+    use tokio_tungstenite::tungstenite::Message;
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let mut running = spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &standin.url(),
+            "--shutdown-grace",
+            "300ms",
+        ],
+        &[],
+    )
+    .await;
+    let url = format!("ws://{}/kestra/api/v1/ws/echo", running.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("before")
+    );
+
+    let started = std::time::Instant::now();
+    sigterm(&running.child);
+    // The tunnel lives through the grace period, then the process closes it and exits 0.
+    socket.send(Message::text("during grace")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("during grace")
+    );
+    assert_eq!(exit_code(&mut running.child).await, Some(0));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let after = tokio::time::timeout(LIMIT, socket.next()).await.unwrap();
+    assert!(
+        !matches!(after, Some(Ok(Message::Text(_)))),
+        "the tunnel outlived the process: {after:?}"
+    );
+    let released = tokio::time::timeout(LIMIT, async {
+        while standin.stats().open_websockets() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(released.is_ok(), "the upstream WebSocket was not released");
 }
