@@ -3,12 +3,12 @@
 use crate::rfc7239::{parse_node, ForwardedElement};
 use futures_util::future::Either;
 use http::{
-    header::{CONTENT_TYPE, FORWARDED, HOST},
+    header::{FORWARDED, HOST},
     uri::Authority,
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version,
 };
 use ipnet::IpNet;
-use kestra_edge_headers::{list_items, remove_hop_by_hop};
+use kestra_edge_headers::{list_items, plain_text, remove_hop_by_hop};
 use kestra_edge_server::{LocalAddr, PeerAddr};
 use std::{
     future::{ready, Ready},
@@ -258,12 +258,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let Ok(host) = effective_host(&mut req) else {
-            let mut response = Response::new(ResBody::from("invalid host\n"));
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
+            let response = plain_text(StatusCode::BAD_REQUEST, "invalid host\n");
             return Either::Right(ready(Ok(response)));
         };
         let peer = peer_addr(&req);

@@ -7,6 +7,7 @@
 //! - [`list_contains`] asks whether such a list holds a token, case-insensitively.
 //! - [`split_unquoted`] splits on any separator outside quoted strings (`Forwarded`'s `;`).
 //! - [`is_event_stream`] recognises a Server-Sent Events response.
+//! - [`plain_text`] builds the gateway's own short answers (400, 404, 502…).
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue};
@@ -28,6 +29,7 @@ use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
+use http::{Response, StatusCode};
 
 /// `Keep-Alive` (RFC 9112 Appendix C.2.2), not a constant in `http`.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -119,6 +121,18 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
             .unwrap_or_default();
         trim_ows(media_type).eq_ignore_ascii_case(b"text/event-stream")
     })
+}
+
+/// The gateway's own short answer: `status` with `text` as a `text/plain` body. `text`
+/// names the failure class only, never an internal address.
+pub fn plain_text<B: From<&'static str>>(status: StatusCode, text: &'static str) -> Response<B> {
+    let mut response = Response::new(B::from(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// Returns whether the list field `name` holds `token`, compared ASCII case-insensitively.

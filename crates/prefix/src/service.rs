@@ -5,10 +5,11 @@ use crate::{
     rewrite::{doubles_prefix, rewrite_response_headers, Origins},
 };
 use http::{
-    header::{CONTENT_TYPE, HOST, LOCATION},
+    header::{HOST, LOCATION},
     uri::PathAndQuery,
     HeaderName, HeaderValue, Request, Response, StatusCode, Uri,
 };
+use kestra_edge_headers::plain_text;
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
@@ -259,15 +260,9 @@ where
     ResBody: From<&'static str>,
 {
     fn answer(status: StatusCode, text: &'static str) -> Self {
-        let mut response = Response::new(ResBody::from(text));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         Self {
             kind: Kind::Answer {
-                response: Some(response),
+                response: Some(plain_text(status, text)),
             },
         }
     }

@@ -8,10 +8,11 @@ use crate::{
     tunnel::{self, TunnelLimits, Tunnels},
 };
 use http::{
-    header::{CONNECTION, CONTENT_TYPE, UPGRADE},
+    header::{CONNECTION, UPGRADE},
     HeaderValue, Method, Request, Response, StatusCode, Version,
 };
 use hyper::upgrade::OnUpgrade;
+use kestra_edge_headers::plain_text;
 use kestra_edge_proxy::UpgradeProtocol;
 use pin_project_lite::pin_project;
 use std::{
@@ -257,20 +258,10 @@ impl<F, B: From<&'static str>> ResponseFuture<F, B> {
     fn answer(status: StatusCode, text: &'static str) -> Self {
         Self {
             kind: Kind::Answer {
-                response: Some(plain(status, text)),
+                response: Some(plain_text(status, text)),
             },
         }
     }
-}
-
-fn plain<B: From<&'static str>>(status: StatusCode, text: &'static str) -> Response<B> {
-    let mut response = Response::new(B::from(text));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 impl<F, B, E> Future for ResponseFuture<F, B>
@@ -306,7 +297,7 @@ fn switch<B: From<&'static str>>(mut upstream: Response<B>, pending: Pending) ->
     }
     if !upstream_agrees(&upstream, &pending.protocol, pending.key.as_ref()) {
         tracing::warn!("upstream switched protocols without a valid handshake");
-        return plain(StatusCode::BAD_GATEWAY, "upstream upgrade failed\n");
+        return plain_text(StatusCode::BAD_GATEWAY, "upstream upgrade failed\n");
     }
     let upstream_io = hyper::upgrade::on(&mut upstream);
     let mut response = Response::new(B::from(""));
