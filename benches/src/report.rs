@@ -1,0 +1,380 @@
+//! The results: rows, markdown tables, the targets of issue 7 checked, and JSON.
+
+use crate::{load, sse::SseRun, ws::WsRun};
+use serde::Serialize;
+use std::time::Duration;
+
+/// One HTTP workload on one target.
+#[derive(Debug, Serialize)]
+pub(crate) struct HttpRow {
+    workload: String,
+    connections: usize,
+    target: &'static str,
+    requests: u64,
+    errors: u64,
+    requests_per_sec: f64,
+    mib_per_sec: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    /// CPU time the proxy's processes spent per request (none for direct access).
+    proxy_cpu_us_per_request: Option<f64>,
+    /// The load generator's CPU use, in cores.
+    generator_cores: f64,
+}
+
+impl HttpRow {
+    pub(crate) fn new(
+        workload: load::Workload,
+        target: &'static str,
+        load: &load::Load,
+        proxy_cpu: Option<Duration>,
+        generator_cores: f64,
+    ) -> Self {
+        let seconds = load.elapsed.as_secs_f64().max(f64::EPSILON);
+        Self {
+            workload: workload.name.to_owned(),
+            connections: workload.connections,
+            target,
+            requests: load.requests,
+            errors: load.errors,
+            requests_per_sec: load.requests as f64 / seconds,
+            mib_per_sec: load.bytes as f64 / seconds / f64::from(1 << 20),
+            p50_us: load.latency.value_at_quantile(0.5),
+            p99_us: load.latency.value_at_quantile(0.99),
+            p999_us: load.latency.value_at_quantile(0.999),
+            proxy_cpu_us_per_request: proxy_cpu
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / load.requests.max(1) as f64),
+            generator_cores,
+        }
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "{:>12} c={:<3} {:<15} {:>9.0} req/s {:>8.1} MiB/s  p99 {:>7} µs  errors {}",
+            self.workload,
+            self.connections,
+            self.target,
+            self.requests_per_sec,
+            self.mib_per_sec,
+            self.p99_us,
+            self.errors
+        )
+    }
+}
+
+/// One SSE workload on one target.
+#[derive(Debug, Serialize)]
+pub(crate) struct SseRow {
+    streams: usize,
+    interval_ms: u128,
+    target: &'static str,
+    opened: usize,
+    events: u64,
+    p50_us: u64,
+    p99_us: u64,
+    /// The proxy's RSS growth per open stream, KiB.
+    kib_per_stream: Option<f64>,
+}
+
+impl SseRow {
+    pub(crate) fn new(
+        streams: usize,
+        interval: Duration,
+        target: &'static str,
+        run: &SseRun,
+    ) -> Self {
+        Self {
+            streams,
+            interval_ms: interval.as_millis(),
+            target,
+            opened: run.opened,
+            events: run.delays.len(),
+            p50_us: run.delays.value_at_quantile(0.5),
+            p99_us: run.delays.value_at_quantile(0.99),
+            kib_per_stream: run
+                .rss_growth_kib
+                .map(|kib| kib as f64 / streams.max(1) as f64),
+        }
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "  SSE streams={:<5} {:<15} opened {:>5} events {:>7}  p50 {:>6} µs  p99 {:>6} µs  KiB/stream {}",
+            self.streams,
+            self.target,
+            self.opened,
+            self.events,
+            self.p50_us,
+            self.p99_us,
+            self.kib_per_stream
+                .map_or_else(|| "-".to_owned(), |k| format!("{k:.1}"))
+        )
+    }
+}
+
+/// One WebSocket workload on one target.
+#[derive(Debug, Serialize)]
+pub(crate) struct WsRow {
+    connections: usize,
+    target: &'static str,
+    messages: u64,
+    errors: u64,
+    messages_per_sec: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl WsRow {
+    pub(crate) fn new(connections: usize, target: &'static str, run: &WsRun) -> Self {
+        Self {
+            connections,
+            target,
+            messages: run.messages,
+            errors: run.errors,
+            messages_per_sec: run.messages as f64 / run.elapsed.as_secs_f64().max(f64::EPSILON),
+            p50_us: run.rtt.value_at_quantile(0.5),
+            p99_us: run.rtt.value_at_quantile(0.99),
+        }
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "  WebSocket c={:<3} {:<15} {:>8.0} msg/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
+            self.connections,
+            self.target,
+            self.messages_per_sec,
+            self.p50_us,
+            self.p99_us,
+            self.errors
+        )
+    }
+}
+
+/// One target of issue 7, checked against this run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Check {
+    what: String,
+    measured: String,
+    met: bool,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    duration_secs: f64,
+    pub(crate) http: Vec<HttpRow>,
+    pub(crate) sse: Vec<SseRow>,
+    pub(crate) ws: Vec<WsRow>,
+    checks: Vec<Check>,
+}
+
+const EDGE: &str = "kestra-edge";
+const NGINX: &str = "nginx";
+const NGINX_KEEPALIVE: &str = "nginx-keepalive";
+
+impl Report {
+    pub(crate) fn new(duration: Duration) -> Self {
+        Self {
+            duration_secs: duration.as_secs_f64(),
+            http: Vec::new(),
+            sse: Vec::new(),
+            ws: Vec::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    fn http_row(&self, workload: &str, connections: usize, target: &str) -> Option<&HttpRow> {
+        self.http
+            .iter()
+            .find(|r| r.workload == workload && r.connections == connections && r.target == target)
+    }
+
+    fn sse_row(&self, streams: usize, target: &str) -> Option<&SseRow> {
+        self.sse
+            .iter()
+            .find(|r| r.streams == streams && r.target == target)
+    }
+
+    fn ws_row(&self, connections: usize, target: &str) -> Option<&WsRow> {
+        self.ws
+            .iter()
+            .find(|r| r.connections == connections && r.target == target)
+    }
+
+    /// Checks the targets that this run has the rows for.
+    fn check(&mut self) {
+        let mut checks = Vec::new();
+        for connections in [1, 32, 256] {
+            let row = |t| self.http_row("small GET", connections, t);
+            if let (Some(edge), Some(nginx)) = (row(EDGE), row(NGINX_KEEPALIVE)) {
+                let ratio = edge.requests_per_sec / nginx.requests_per_sec;
+                checks.push(Check {
+                    what: format!("small GET c={connections}: req/s ≥ 1.2× nginx-keepalive"),
+                    measured: format!("{ratio:.2}×"),
+                    met: ratio >= 1.2,
+                });
+                checks.push(Check {
+                    what: format!("small GET c={connections}: p99 ≤ nginx-keepalive's"),
+                    measured: format!("{} vs {} µs", edge.p99_us, nginx.p99_us),
+                    met: edge.p99_us <= nginx.p99_us,
+                });
+            }
+        }
+        for connections in [1, 4] {
+            let row = |t| self.http_row("1 MiB GET", connections, t);
+            if let (Some(edge), Some(nginx)) = (row(EDGE), row(NGINX)) {
+                let ratio = edge.mib_per_sec / nginx.mib_per_sec;
+                checks.push(Check {
+                    what: format!("1 MiB GET c={connections}: MiB/s ≥ 2× nginx"),
+                    measured: format!("{ratio:.2}×"),
+                    met: ratio >= 2.0,
+                });
+            }
+        }
+        let streams: Vec<usize> = self.sse.iter().map(|r| r.streams).collect();
+        for n in dedup(streams) {
+            if let (Some(edge), Some(direct)) = (self.sse_row(n, EDGE), self.sse_row(n, "direct")) {
+                let added = edge.p99_us as i64 - direct.p99_us as i64;
+                checks.push(Check {
+                    what: format!("SSE {n} streams: added delay p99 ≤ 500 µs"),
+                    measured: format!("{added} µs"),
+                    met: added <= 500 && edge.opened == n,
+                });
+                if let Some(kib) = edge.kib_per_stream.filter(|_| n >= 100) {
+                    checks.push(Check {
+                        what: format!("SSE {n} streams: ≤ 12 KiB per open stream"),
+                        measured: format!("{kib:.1} KiB"),
+                        met: kib <= 12.0,
+                    });
+                }
+            }
+        }
+        for connections in [1, 32] {
+            let row = |t| self.ws_row(connections, t);
+            if let (Some(edge), Some(nginx), Some(direct)) = (row(EDGE), row(NGINX), row("direct"))
+            {
+                let added = |r: &WsRow| r.p50_us as i64 - direct.p50_us as i64;
+                let added99 = |r: &WsRow| r.p99_us as i64 - direct.p99_us as i64;
+                checks.push(Check {
+                    what: format!(
+                        "WebSocket c={connections}: added round trip ≤ nginx's (p50, p99)"
+                    ),
+                    measured: format!(
+                        "p50 +{} vs +{} µs, p99 +{} vs +{} µs",
+                        added(edge),
+                        added(nginx),
+                        added99(edge),
+                        added99(nginx)
+                    ),
+                    met: added(edge) <= added(nginx) && added99(edge) <= added99(nginx),
+                });
+            }
+        }
+        self.checks = checks;
+    }
+
+    pub(crate) fn print(&mut self) {
+        self.check();
+        println!("| workload | conns | target | req/s | MiB/s | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | generator cores | vs direct | vs nginx-keepalive |");
+        println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for row in &self.http {
+            let per = |target| {
+                self.http_row(&row.workload, row.connections, target)
+                    .map(|base| ratio(row.requests_per_sec, base.requests_per_sec))
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            println!(
+                "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+                row.workload,
+                row.connections,
+                row.target,
+                row.requests_per_sec,
+                row.mib_per_sec,
+                row.p50_us,
+                row.p99_us,
+                row.p999_us,
+                row.errors,
+                row.proxy_cpu_us_per_request
+                    .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
+                row.generator_cores,
+                per("direct"),
+                per(NGINX_KEEPALIVE),
+            );
+        }
+        println!();
+        println!("| SSE streams | event every | target | streams opened | events | delay p50 µs | delay p99 µs | added p50 µs | added p99 µs | proxy KiB per stream |");
+        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        for row in &self.sse {
+            let direct = self.sse_row(row.streams, "direct");
+            let added = |f: fn(&SseRow) -> u64| {
+                direct.map_or_else(
+                    || "-".to_owned(),
+                    |d| (f(row) as i64 - f(d) as i64).to_string(),
+                )
+            };
+            println!(
+                "| {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {} |",
+                row.streams,
+                row.interval_ms,
+                row.target,
+                row.opened,
+                row.events,
+                row.p50_us,
+                row.p99_us,
+                added(|r| r.p50_us),
+                added(|r| r.p99_us),
+                row.kib_per_stream
+                    .map_or_else(|| "-".to_owned(), |k| format!("{k:.1}")),
+            );
+        }
+        println!();
+        println!("| WebSocket conns | target | messages/s | errors | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs |");
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+        for row in &self.ws {
+            let direct = self.ws_row(row.connections, "direct");
+            let added = |f: fn(&WsRow) -> u64| {
+                direct.map_or_else(
+                    || "-".to_owned(),
+                    |d| (f(row) as i64 - f(d) as i64).to_string(),
+                )
+            };
+            println!(
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                row.connections,
+                row.target,
+                row.messages_per_sec,
+                row.errors,
+                row.p50_us,
+                row.p99_us,
+                added(|r| r.p50_us),
+                added(|r| r.p99_us),
+            );
+        }
+        println!();
+        println!("| target (issue 7) | measured | met |");
+        println!("|---|---|---|");
+        for check in &self.checks {
+            println!(
+                "| {} | {} | {} |",
+                check.what,
+                check.measured,
+                if check.met { "yes" } else { "**no**" }
+            );
+        }
+    }
+}
+
+fn ratio(value: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.2}×", value / base)
+    } else {
+        "-".to_owned()
+    }
+}
+
+fn dedup(mut values: Vec<usize>) -> Vec<usize> {
+    values.sort_unstable();
+    values.dedup();
+    values
+}
