@@ -1,6 +1,7 @@
 //! [`ForwardedLayer`] and the [`Forwarded`] service.
 
 use crate::rfc7239::{parse_node, ForwardedElement};
+use bytes::Bytes;
 use futures_util::future::Either;
 use http::{
     header::{FORWARDED, HOST},
@@ -11,6 +12,7 @@ use ipnet::IpNet;
 use kestra_edge_headers::{list_items, plain_text, remove_hop_by_hop};
 use kestra_edge_server::{LocalAddr, PeerAddr};
 use std::{
+    fmt::Write as _,
     future::{ready, Ready},
     net::{IpAddr, SocketAddr},
     sync::{
@@ -422,14 +424,31 @@ impl ClientView {
     fn write(&self, enabled: &ForwardedHeaders, headers: &mut HeaderMap) {
         let proto = HeaderValue::from_static(self.scheme.as_str());
         if let Some(client) = self.client {
-            if enabled.x_real_ip {
-                headers.insert(X_REAL_IP, ip_value(client));
-            }
+            let client_value = text_value(client.to_string());
             if enabled.x_forwarded_for {
-                let chain: Vec<String> = self.chain.iter().map(IpAddr::to_string).collect();
-                if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+                // One hop, the common case: the same value as X-Real-IP, shared.
+                let chain = match self.chain.as_slice() {
+                    [only] if *only == client => Some(client_value.clone()),
+                    chain => {
+                        let mut text = String::with_capacity(chain.len() * 17);
+                        for (i, hop) in chain.iter().enumerate() {
+                            if i > 0 {
+                                text.push_str(", ");
+                            }
+                            let _ = write!(text, "{hop}");
+                        }
+                        Some(text_value(text))
+                    }
+                };
+                if let Some(Some(value)) = chain {
                     headers.insert(X_FORWARDED_FOR, value);
                 }
+            }
+            if enabled.x_real_ip {
+                headers.insert(
+                    X_REAL_IP,
+                    client_value.unwrap_or_else(|| HeaderValue::from_static("unknown")),
+                );
             }
         }
         if enabled.x_forwarded_proto {
@@ -445,7 +464,7 @@ impl ClientView {
             headers.insert(X_FORWARDED_PORT, HeaderValue::from(self.port));
         }
         if enabled.forwarded {
-            if let Ok(value) = HeaderValue::from_str(&self.forwarded()) {
+            if let Some(value) = text_value(self.forwarded()) {
                 headers.insert(FORWARDED, value);
             }
         }
@@ -474,8 +493,9 @@ impl ClientView {
     }
 }
 
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+/// A header value that takes over `text`'s buffer instead of copying it.
+fn text_value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Drops every header whose name has an underscore (`X_Forwarded_For`): some backends fold

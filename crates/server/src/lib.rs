@@ -13,6 +13,9 @@
 //! - graceful shutdown: when `shutdown` resolves, accepting stops at once, in-flight requests
 //!   finish within the grace period, then every remaining connection is closed.
 //!
+//! [`PerCoreServer`] runs the same loop on one single-threaded runtime per thread, each with
+//! its own `SO_REUSEPORT` listener on the same address: what the `kestra-edge` binary uses.
+//!
 //! ```no_run
 //! use kestra_edge_server::Server;
 //! use std::{convert::Infallible, time::Duration};
@@ -51,6 +54,9 @@ use std::{
 };
 use tokio::{net::TcpListener, task::JoinSet};
 use tower::Service;
+
+mod per_core;
+pub use per_core::PerCoreServer;
 
 /// Default for [`Server::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -2,10 +2,10 @@
 //! loop the binary runs. Tests start the same [`Gateway`] in-process.
 
 use clap::Parser;
-use kestra_edge::{server::Server, ForwardedHeaders, KestraEdge, PrefixMode};
+use kestra_edge::{server::PerCoreServer, ForwardedHeaders, KestraEdge, PrefixMode};
 use kestra_edge_standin::{Standin, StandinConfig};
 use serde::Deserialize;
-use std::{future::Future, io, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{future::Future, io, net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 use tower::Layer;
 use tower_http::compression::{
     predicate::{And, DefaultPredicate, Predicate},
@@ -121,6 +121,10 @@ pub struct Args {
     /// On SIGINT/SIGTERM, how long in-flight requests may finish [default: 30s].
     #[arg(long, env = "KESTRA_EDGE_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Threads serving requests, each with its own listener and upstream pool
+    /// [default: one per CPU core].
+    #[arg(long, env = "KESTRA_EDGE_WORKERS", value_name = "N")]
+    pub workers: Option<NonZeroUsize>,
     /// Host header sent upstream [default: client].
     #[arg(long, env = "KESTRA_EDGE_HOST_HEADER", value_name = "WHICH")]
     pub host_header: Option<HostHeader>,
@@ -202,6 +206,7 @@ struct FileConfig {
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
+    workers: Option<NonZeroUsize>,
     host_header: Option<HostHeader>,
     context_path: Option<String>,
     prefix_mode: Option<PrefixModeArg>,
@@ -275,6 +280,8 @@ pub struct GatewayConfig {
     pub header_timeout: Duration,
     /// See `--shutdown-grace`.
     pub shutdown_grace: Duration,
+    /// See `--workers`.
+    pub workers: NonZeroUsize,
     /// See `--host-header`.
     pub host_header: HostHeader,
     /// See `--context-path`.
@@ -359,6 +366,9 @@ impl GatewayConfig {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(defaults::SHUTDOWN_GRACE),
+            workers: args.workers.or(file.workers).unwrap_or_else(|| {
+                std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+            }),
             host_header: args.host_header.or(file.host_header).unwrap_or_default(),
             context_path: args.context_path.or(file.context_path),
             prefix_mode: args.prefix_mode.or(file.prefix_mode).unwrap_or_default(),
@@ -408,8 +418,9 @@ pub type GatewayService =
 
 /// A gateway bound to its address, ready to serve.
 pub struct Gateway {
-    server: Server,
-    service: GatewayService,
+    server: PerCoreServer,
+    // One stack per thread: each has its own upstream pool; all share the tunnel count.
+    services: Vec<GatewayService>,
     tunnels: kestra_edge::Tunnels,
     shutdown_grace: Duration,
     standin: Option<Standin>,
@@ -457,20 +468,21 @@ impl Gateway {
             .tunnel_max_lifetime(config.tunnel_max_lifetime)
             .sse_heartbeat(Some(config.sse_heartbeat))
             .sse_idle_timeout(Some(config.sse_idle_timeout))
-            .sse_max_lifetime(config.sse_max_lifetime)
-            .build()
+            .sse_max_lifetime(config.sse_max_lifetime);
+        let compression = CompressionLayer::new()
+            .compress_when(CompressionSwitch(config.compression).and(DefaultPredicate::new()));
+        // Clones of one builder share the tunnel count, so one drain closes them all.
+        let services = (0..config.workers.get())
+            .map(|_| Ok(compression.layer(edge.clone().build()?)))
+            .collect::<Result<Vec<_>, kestra_edge::BuildError>>()
             .map_err(ConfigError::from)?;
-        let tunnels = edge.tunnels().clone();
-        let service = CompressionLayer::new()
-            .compress_when(CompressionSwitch(config.compression).and(DefaultPredicate::new()))
-            .layer(edge);
-        let server = Server::bind(config.listen)
-            .await?
+        let tunnels = services[0].get_ref().tunnels().clone();
+        let server = PerCoreServer::bind(config.listen, config.workers)?
             .header_read_timeout(config.header_timeout)
             .shutdown_grace(config.shutdown_grace);
         Ok(Self {
             server,
-            service,
+            services,
             tunnels,
             shutdown_grace: config.shutdown_grace,
             standin,
@@ -479,7 +491,7 @@ impl Gateway {
 
     /// The address the gateway listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.server.local_addr()
+        Ok(self.server.local_addr())
     }
 
     /// The demo stand-in, when `demo` is on.
@@ -502,7 +514,7 @@ impl Gateway {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Self {
             server,
-            service,
+            services,
             tunnels,
             shutdown_grace,
             standin,
@@ -512,11 +524,14 @@ impl Gateway {
             shutdown.await;
             let _ = began.send(tokio::time::Instant::now());
         };
-        let result = server.serve(service, shutdown).await;
-        // Tunnels are not HTTP connections any more: they get the same deadline here.
-        if let Ok(began) = began_rx.await {
-            tunnels.drain(began + shutdown_grace).await;
-        }
+        // Tunnels are not HTTP connections any more: they get the same deadline, drained
+        // while the server threads still drive them.
+        let drain = async move {
+            if let Ok(began) = began_rx.await {
+                tunnels.drain(began + shutdown_grace).await;
+            }
+        };
+        let result = server.serve(|i| services[i].clone(), shutdown, drain).await;
         drop(standin);
         result
     }
