@@ -43,8 +43,10 @@ impl HttpRow {
             p50_us: load.latency.value_at_quantile(0.5),
             p99_us: load.latency.value_at_quantile(0.99),
             p999_us: load.latency.value_at_quantile(0.999),
+            // No answered request (nginx's 413s), no cost per request.
             proxy_cpu_us_per_request: proxy_cpu
-                .map(|cpu| cpu.as_secs_f64() * 1e6 / load.requests.max(1) as f64),
+                .filter(|_| load.requests > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / load.requests as f64),
             generator_cores,
         }
     }
