@@ -248,3 +248,106 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     kestra_edge_standin::hex(&sha2::Sha256::digest(bytes))
 }
+
+/// What a [`RecordingUpstream`] saw of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    /// Body bytes received.
+    pub body_len: u64,
+    /// Whether the body arrived whole (false: it failed or is still arriving).
+    pub completed: bool,
+}
+
+/// A real HTTP/1.1 upstream (hyper) that records every request it receives, reads its body
+/// to the end, and answers 200 `ok`.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub connections: kestra_edge::server::Connections,
+    log: Arc<std::sync::Mutex<Vec<Recorded>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> Self {
+        use http_body_util::BodyExt;
+        let server = kestra_edge::server::Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap()
+            .shutdown_grace(Duration::ZERO);
+        let addr = server.local_addr().unwrap();
+        let connections = server.connections();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = log.clone();
+        let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let log = recorded.clone();
+            async move {
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Recorded {
+                        method: req.method().to_string(),
+                        target: req.uri().to_string(),
+                        body_len: 0,
+                        completed: false,
+                    });
+                    log.len() - 1
+                };
+                let mut body = req.into_body();
+                let completed = loop {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                log.lock().unwrap()[index].body_len += data.len() as u64;
+                            }
+                        }
+                        Some(Err(_)) => break false,
+                        None => break true,
+                    }
+                };
+                log.lock().unwrap()[index].completed = completed;
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+            }
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.serve(service, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            connections,
+            log,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn log(&self) -> Vec<Recorded> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Every status line in a raw byte stream of HTTP/1.1 responses, in order.
+pub fn raw_statuses(bytes: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
+        .collect()
+}

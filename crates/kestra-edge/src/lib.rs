@@ -16,7 +16,11 @@
 //!    it are answered 404, unsafe paths 400;
 //! 4. [`sse`]: event streams forwarded event by event, with heartbeats at event boundaries
 //!    and their own idle and lifetime limits;
-//! 5. [`proxy`]: `Host`, timeouts, streaming to the upstream.
+//! 5. [`proxy`]: limits (414 for an over-long target, 413 for a body over `max_body`),
+//!    `Host`, timeouts, streaming to the upstream.
+//!
+//! The request head limits (431 for too many or too large header fields, the header read
+//! timeout against slowloris) belong to the accept loop: [`server::Server`].
 //!
 //! Embedding it in your own axum app:
 //!
@@ -125,6 +129,28 @@ impl KestraEdgeBuilder {
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.proxy = self.proxy.read_timeout(timeout);
         self.read_timeout = timeout;
+        self
+    }
+
+    /// The largest request body (default 10 GiB, Kestra's own limit); see
+    /// [`ReverseProxyBuilder::max_body`]: 413, and a streamed body over it never completes
+    /// upstream.
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.proxy = self.proxy.max_body(bytes);
+        self
+    }
+
+    /// The longest request target (default 16 KiB); see [`ReverseProxyBuilder::max_uri`]:
+    /// 414.
+    pub fn max_uri(mut self, bytes: usize) -> Self {
+        self.proxy = self.proxy.max_uri(bytes);
+        self
+    }
+
+    /// How long an idle upstream connection stays pooled (default 90 s); see
+    /// [`ReverseProxyBuilder::pool_idle_timeout`].
+    pub fn upstream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.proxy = self.proxy.pool_idle_timeout(timeout);
         self
     }
 

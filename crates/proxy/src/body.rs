@@ -1,7 +1,7 @@
 //! The request body sent upstream and the response body sent to the client.
 
-use crate::error::BodyError;
-use bytes::Bytes;
+use crate::error::{BodyError, BoxError};
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -46,48 +46,98 @@ impl Progress {
     }
 }
 
-pin_project! {
-    /// The client's request body on its way upstream: frames (trailers included) pass
-    /// unchanged, each one recorded as progress for the read timeout.
-    #[derive(Debug)]
-    pub struct RequestBody<B> {
-        #[pin]
-        inner: B,
-        progress: Option<Arc<Progress>>,
-    }
+/// A request body went past the proxy's `max_body` while streaming: the upstream request is
+/// aborted (never completed) and the client answered 413.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit, in bytes.
+    pub limit: u64,
+}
+
+/// The client's request body on its way upstream: frames (trailers included) pass
+/// unchanged, each one recorded as progress for the read timeout, until the data passes
+/// `max_body`: then the body fails with [`BodyTooLarge`].
+#[derive(Debug)]
+pub struct RequestBody<B> {
+    // `None`: no body (a replayed bodiless request).
+    inner: Option<B>,
+    progress: Option<Arc<Progress>>,
+    limit: u64,
+    remaining: u64,
 }
 
 impl<B> RequestBody<B> {
-    pub(crate) fn new(inner: B, progress: Option<Arc<Progress>>) -> Self {
-        Self { inner, progress }
+    pub(crate) fn new(inner: B, progress: Option<Arc<Progress>>, limit: u64) -> Self {
+        Self {
+            inner: Some(inner),
+            progress,
+            limit,
+            remaining: limit,
+        }
+    }
+
+    /// No body at all.
+    pub(crate) fn empty() -> Self {
+        Self {
+            inner: None,
+            progress: None,
+            limit: 0,
+            remaining: 0,
+        }
     }
 }
 
-impl<B: Body> Body for RequestBody<B> {
+impl<B> Body for RequestBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(progress) = this.progress {
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if let Some(progress) = &this.progress {
             progress.record();
         }
-        Poll::Ready(frame)
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
+            match this.remaining.checked_sub(len) {
+                Some(remaining) => this.remaining = remaining,
+                None => {
+                    this.remaining = 0;
+                    let limit = this.limit;
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -25,6 +25,13 @@ pub enum ProxyError {
     /// Reading the client's request body failed, so the request cannot be completed (400).
     #[error("request body failed")]
     RequestBody(#[source] BoxError),
+    /// The request body is larger than `max_body`: declared (answered before anything is
+    /// sent upstream) or found while streaming (the upstream request is aborted) (413).
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The request target is longer than `max_uri` (414).
+    #[error("request target too long")]
+    UriTooLong,
 }
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -36,6 +43,8 @@ impl ProxyError {
             Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -61,6 +70,9 @@ impl ProxyError {
             } else {
                 Self::Connect(err.into())
             };
+        }
+        if chain(&err).any(|e| e.is::<crate::body::BodyTooLarge>()) {
+            return Self::BodyTooLarge;
         }
         let user_body = chain(&err)
             .filter_map(|e| e.downcast_ref::<hyper::Error>())
@@ -124,6 +136,8 @@ mod tests {
                 "upstream connection failed",
             ),
             (ProxyError::RequestBody(io()), 400, "request body failed"),
+            (ProxyError::BodyTooLarge, 413, "request body too large"),
+            (ProxyError::UriTooLong, 414, "request target too long"),
         ];
         for (err, status, text) in cases {
             assert_eq!(err.status().as_u16(), status);

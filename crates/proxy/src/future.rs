@@ -40,6 +40,7 @@ pin_project! {
             read_timeout: Duration,
             event_stream_timeout: Option<EventStreamReadTimeout>,
             upgrade_requested: bool,
+            replay: Option<Replay>,
             span: Span,
         },
         Answer {
@@ -49,6 +50,8 @@ pin_project! {
 }
 
 impl ResponseFuture {
+    // Crate-private: each argument is one field of the waiting state.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         inner: legacy::ResponseFuture,
         progress: Option<Arc<Progress>>,
@@ -56,6 +59,7 @@ impl ResponseFuture {
         read_timeout: Duration,
         event_stream_timeout: Option<EventStreamReadTimeout>,
         upgrade_requested: bool,
+        replay: Option<Replay>,
         span: Span,
     ) -> Self {
         Self {
@@ -67,13 +71,14 @@ impl ResponseFuture {
                 read_timeout,
                 event_stream_timeout,
                 upgrade_requested,
+                replay,
                 span,
             },
         }
     }
 
     /// A future that answers at once with the gateway's own `status` and `text`.
-    pub(crate) fn answer(status: StatusCode, text: &'static str) -> Self {
+    pub(crate) fn answer(status: StatusCode, text: &str) -> Self {
         Self {
             kind: Kind::Answer {
                 response: Some(plain_response(status, text)),
@@ -88,17 +93,29 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Waiting {
-                inner,
+                mut inner,
                 mut sleep,
                 progress,
                 start,
                 read_timeout,
                 event_stream_timeout,
                 upgrade_requested,
+                replay,
                 span,
             } => {
                 let _enter = span.enter();
-                let result = match inner.poll(cx) {
+                let polled = loop {
+                    match inner.as_mut().poll(cx) {
+                        Poll::Ready(Err(err)) if replay.is_some() && closed_unanswered(&err) => {
+                            if let Some(Replay(send)) = replay.take() {
+                                tracing::debug!(error = %err, "upstream closed unanswered: retried");
+                                inner.set(send());
+                            }
+                        }
+                        polled => break polled,
+                    }
+                };
+                let result = match polled {
                     Poll::Ready(Ok(response)) => Ok(response),
                     Poll::Ready(Err(err)) => Err(ProxyError::from_client(err)),
                     Poll::Pending => loop {
@@ -143,6 +160,41 @@ impl Future for ResponseFuture {
             },
         }
     }
+}
+
+/// Sends a bodiless safe request again, on a new or another pooled connection.
+pub(crate) struct Replay(pub(crate) Box<dyn FnOnce() -> legacy::ResponseFuture + Send>);
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replay")
+    }
+}
+
+/// Whether the upstream closed the connection before any byte of a response: what a pooled
+/// connection the upstream has just closed gives when the request was already written.
+fn closed_unanswered(err: &legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        }) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The upstream's response as sent to the client: hop-by-hop fields removed, body streamed.

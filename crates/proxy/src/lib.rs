@@ -27,6 +27,9 @@
 //! | no response head within `read_timeout` of the last request byte | 504 `upstream response timed out` |
 //! | upstream closed or sent no valid HTTP | 502 `upstream connection failed` |
 //! | the client's request body failed | 400 `request body failed` |
+//! | `Content-Length` over `max_body` (nothing is sent upstream) | 413 `request body too large` |
+//! | a streamed body passes `max_body` (the upstream request is aborted) | 413, then the connection closes |
+//! | request target longer than `max_uri` | 414 `request target too long` |
 //! | upstream silent for `read_timeout` mid-body, or died mid-body | the client's transfer is aborted |
 
 mod body;
@@ -34,10 +37,10 @@ mod error;
 mod future;
 mod service;
 
-pub use body::{ProxyBody, RequestBody};
+pub use body::{BodyTooLarge, ProxyBody, RequestBody};
 pub use error::{BodyError, ProxyError};
 pub use future::{EventStreamReadTimeout, ResponseFuture};
 pub use service::{
     BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_READ_TIMEOUT,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_READ_TIMEOUT,
 };

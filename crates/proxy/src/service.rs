@@ -2,11 +2,11 @@
 
 use crate::{
     body::{Progress, RequestBody},
-    error::BoxError,
-    future::{EventStreamReadTimeout, ResponseFuture},
+    error::{BoxError, ProxyError},
+    future::{EventStreamReadTimeout, Replay, ResponseFuture},
 };
 use http::{
-    header::{HeaderValue, CONNECTION, HOST, UPGRADE},
+    header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE},
     uri::{Authority, PathAndQuery, Scheme},
     Method, Request, StatusCode, Uri, Version,
 };
@@ -29,6 +29,10 @@ use tower::Service;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`ReverseProxyBuilder::read_timeout`]: the seed nginx block's `proxy_read_timeout 600s`.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default for [`ReverseProxyBuilder::max_body`]: 10 GiB, Kestra's own upload limit.
+pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024 * 1024;
+/// Default for [`ReverseProxyBuilder::max_uri`]: 16 KiB.
+pub const DEFAULT_MAX_URI: usize = 16 * 1024;
 /// Default for [`ReverseProxyBuilder::pool_idle_timeout`].
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -56,6 +60,8 @@ pub struct ReverseProxyBuilder {
     preserve_host: bool,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
+    max_body: u64,
+    max_uri: usize,
 }
 
 impl ReverseProxyBuilder {
@@ -68,7 +74,25 @@ impl ReverseProxyBuilder {
             preserve_host: true,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle_per_host: usize::MAX,
+            max_body: DEFAULT_MAX_BODY,
+            max_uri: DEFAULT_MAX_URI,
         }
+    }
+
+    /// The largest request body, in bytes (default 10 GiB, Kestra's own limit). A larger
+    /// `Content-Length` is answered 413 before anything is sent upstream; a streamed body
+    /// (chunked, HTTP/2) that passes it is cut there, the upstream request aborted, and
+    /// the client answered 413.
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The longest request target (path and query), in bytes (default 16 KiB); longer
+    /// ones are answered 414.
+    pub fn max_uri(mut self, bytes: usize) -> Self {
+        self.max_uri = bytes;
+        self
     }
 
     /// The longest wait for a TCP connection to the upstream (default 10 s); past it, 504.
@@ -153,6 +177,8 @@ impl ReverseProxyBuilder {
                 authority_header,
                 read_timeout: self.read_timeout,
                 preserve_host: self.preserve_host,
+                max_body: self.max_body,
+                max_uri: self.max_uri,
             }),
         })
     }
@@ -175,6 +201,8 @@ struct Shared {
     authority_header: HeaderValue,
     read_timeout: Duration,
     preserve_host: bool,
+    max_body: u64,
+    max_uri: usize,
 }
 
 /// A tower service that forwards each request to one upstream and streams the answer back.
@@ -185,10 +213,14 @@ struct Shared {
 /// - The path and query pass byte for byte; the request goes upstream as HTTP/1.1.
 /// - `Host` is the client's (an HTTP/2 `:authority` or an absolute-form target's authority
 ///   wins, RFC 9112 §3.2.2), or the upstream's with `preserve_host(false)`.
+/// - Limits are answers: a request target over `max_uri` is 414, a body over `max_body`
+///   413 (a streamed one is cut there and never completed upstream).
 /// - Failures are answers ([`ProxyError`](crate::ProxyError)): 502, 504, 400. A failure
 ///   after the head was sent ends the body with an error, so the client's transfer aborts.
-/// - A request is retried only when hyper proves it was never written to a reused pooled
-///   connection.
+/// - A request is retried when hyper proves it was never written to a reused pooled
+///   connection; a GET, HEAD or OPTIONS without a body also once when the upstream closes
+///   the connection before any byte of an answer (RFC 9110 §9.2.2, as Go's `Transport`
+///   does). Other requests are never sent twice.
 ///
 /// Each request runs in a `proxy` tracing span (level DEBUG) with `method`, `path`,
 /// `status` and `upstream_ms` (time to the response head).
@@ -220,6 +252,24 @@ impl<B> ReverseProxy<B> {
     /// The upstream's `host:port`.
     pub fn upstream(&self) -> &Authority {
         &self.shared.authority
+    }
+
+    /// A request the limits refuse before anything is sent upstream.
+    fn over_limit(&self, req: &Request<B>) -> Option<ProxyError> {
+        let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target > self.shared.max_uri {
+            return Some(ProxyError::UriTooLong);
+        }
+        // hyper has already refused an invalid or conflicting Content-Length.
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(length) if length > self.shared.max_body => Some(ProxyError::BodyTooLarge),
+            _ => None,
+        }
     }
 
     /// The `Host` value sent upstream.
@@ -263,6 +313,10 @@ where
         if req.method() == Method::CONNECT {
             return ResponseFuture::answer(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }
+        if let Some(err) = self.over_limit(&req) {
+            tracing::debug!(parent: &span, error = %err, "refused before forwarding");
+            return ResponseFuture::answer(err.status(), &err.to_string());
+        }
         let host = self.host(&req);
         let (mut parts, body) = req.into_parts();
         let event_stream_timeout = parts.extensions.get::<EventStreamReadTimeout>().copied();
@@ -294,8 +348,31 @@ where
             parts.headers.insert(UPGRADE, protocol.clone());
         }
 
+        // RFC 9110 §9.2.2: a safe request without a body may be sent again when the upstream
+        // closes the connection before answering (a pooled connection it had just closed).
+        let replay = (upgrade.is_none()
+            && body.is_end_stream()
+            && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS))
+        .then(|| {
+            let client = self.client.clone();
+            let (method, uri, headers) = (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            );
+            Replay(Box::new(move || {
+                let mut req = Request::new(RequestBody::empty());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+                client.request(req)
+            }))
+        });
         let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::new(start)));
-        let req = Request::from_parts(parts, RequestBody::new(body, progress.clone()));
+        let req = Request::from_parts(
+            parts,
+            RequestBody::new(body, progress.clone(), self.shared.max_body),
+        );
         let future = {
             let _enter = span.enter();
             self.client.request(req)
@@ -307,6 +384,7 @@ where
             self.shared.read_timeout,
             event_stream_timeout,
             upgrade.is_some(),
+            replay,
             span,
         )
     }

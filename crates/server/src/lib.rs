@@ -4,8 +4,12 @@
 //!
 //! - HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on the same port, with hyper-util's
 //!   auto builder and upgrades enabled (`serve_connection_with_upgrades`);
-//! - a timer installed, so the HTTP/1 header read timeout applies (slow-header clients are
-//!   disconnected);
+//! - a header read timeout (slowloris): a connection whose first request has not arrived
+//!   within it is closed, whatever protocol it speaks or how few bytes it sent, and each
+//!   later HTTP/1 request head must arrive within it of the previous response;
+//! - a limit on the request head: more than [`Server::max_headers`] fields, or a head larger
+//!   than [`Server::max_header_bytes`], is answered 431 (HTTP/1 and HTTP/2); hyper answers
+//!   an over-long request line 414;
 //! - `TCP_NODELAY` on every accepted socket;
 //! - HTTP/2 extended CONNECT advertised (RFC 8441), for WebSockets over HTTP/2;
 //! - each request carries a [`PeerAddr`] extension (the TCP peer) and a [`LocalAddr`]
@@ -46,7 +50,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -62,6 +66,56 @@ pub use per_core::PerCoreServer;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`Server::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default for [`Server::max_header_bytes`]: 64 KiB (nginx allows 4 × 8 KiB lines).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The smallest [`Server::max_header_bytes`] hyper accepts.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Default for [`Server::max_headers`] (hyper's own).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// The settings [`Server`] and [`PerCoreServer`] share.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    header_read_timeout: Duration,
+    shutdown_grace: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+        }
+    }
+}
+
+impl Settings {
+    /// hyper-util's builder for these settings.
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = builder.http1();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes)
+            .keep_alive(true);
+        if self.max_headers != DEFAULT_MAX_HEADERS {
+            // Moves hyper's header array from the stack to the heap: only when asked.
+            http1.max_headers(self.max_headers);
+        }
+        // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .enable_connect_protocol();
+        builder
+    }
+}
 
 /// The TCP peer of the connection a request arrived on (a request extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +168,7 @@ impl Drop for OpenGuard {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
-    header_read_timeout: Duration,
-    shutdown_grace: Duration,
+    settings: Settings,
     connections: Connections,
 }
 
@@ -129,21 +182,36 @@ impl Server {
     pub fn from_listener(listener: TcpListener) -> Self {
         Self {
             listener,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            settings: Settings::default(),
             connections: Connections::default(),
         }
     }
 
-    /// The longest an HTTP/1 client may take to send a request head (default 30 s).
+    /// The longest a client may take to send a request head (default 30 s): from the
+    /// accept to the first request (any protocol), and from each HTTP/1 response to the
+    /// next request head, so it also ends idle keep-alive connections.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout;
+        self.settings.header_read_timeout = timeout;
         self
     }
 
     /// How long in-flight requests may run after shutdown begins (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// The largest request head, in bytes (default 64 KiB, at least
+    /// [`MIN_MAX_HEADER_BYTES`]: a smaller value is raised to it); larger heads are
+    /// answered 431. For HTTP/1 it also caps the connection's read buffer.
+    pub fn max_header_bytes(mut self, max: usize) -> Self {
+        self.settings.max_header_bytes = max.max(MIN_MAX_HEADER_BYTES);
+        self
+    }
+
+    /// The most header fields an HTTP/1 request may have (default 100); more are answered 431.
+    pub fn max_headers(mut self, max: usize) -> Self {
+        self.settings.max_headers = max;
         self
     }
 
@@ -170,18 +238,12 @@ impl Server {
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let local = self.listener.local_addr()?;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            .keep_alive(true);
-        // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .enable_connect_protocol();
-        let builder = Arc::new(builder);
+        let Settings {
+            header_read_timeout,
+            shutdown_grace,
+            ..
+        } = self.settings;
+        let builder = Arc::new(self.settings.builder());
         let graceful = GracefulShutdown::new();
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -204,10 +266,12 @@ impl Server {
             if let Err(err) = stream.set_nodelay(true) {
                 tracing::debug!(error = %err, "TCP_NODELAY not set");
             }
+            let first_request = Arc::new(AtomicBool::new(false));
             let service = TowerToHyperService::new(AddConnectionInfo {
                 inner: service.clone(),
                 peer: PeerAddr(peer),
                 local: LocalAddr(local),
+                first_request: first_request.clone(),
             });
             let guard = self.connections.opened();
             let conn = builder
@@ -215,7 +279,24 @@ impl Server {
                 .into_owned();
             let conn = graceful.watch(conn);
             tasks.spawn(async move {
-                if let Err(err) = conn.await {
+                // hyper-util's protocol sniffing waits for bytes with no deadline, and an
+                // HTTP/2 connection has no header timeout of its own: a connection whose first
+                // request has not arrived by the header timeout is closed here.
+                let watchdog = tokio::time::sleep(header_read_timeout);
+                tokio::pin!(conn, watchdog);
+                let ended = tokio::select! {
+                    ended = &mut conn => Some(ended),
+                    () = &mut watchdog => None,
+                };
+                let ended = match ended {
+                    Some(ended) => ended,
+                    None if first_request.load(Ordering::Relaxed) => conn.await,
+                    None => {
+                        tracing::debug!(%peer, "no request within the header timeout: closed");
+                        Ok(())
+                    }
+                };
+                if let Err(err) = ended {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
                 }
                 drop(guard);
@@ -225,10 +306,10 @@ impl Server {
         drop(self.listener);
         tracing::info!(
             open = self.connections.open(),
-            grace = ?self.shutdown_grace,
+            grace = ?shutdown_grace,
             "shutting down: no longer accepting"
         );
-        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+        if tokio::time::timeout(shutdown_grace, graceful.shutdown())
             .await
             .is_err()
         {
@@ -242,12 +323,14 @@ impl Server {
     }
 }
 
-/// Inserts [`PeerAddr`] and [`LocalAddr`] into every request of one connection.
+/// Inserts [`PeerAddr`] and [`LocalAddr`] into every request of one connection, and notes
+/// that the connection has sent a request.
 #[derive(Debug, Clone)]
 struct AddConnectionInfo<S> {
     inner: S,
     peer: PeerAddr,
     local: LocalAddr,
+    first_request: Arc<AtomicBool>,
 }
 
 impl<S, B> Service<Request<B>> for AddConnectionInfo<S>
@@ -264,6 +347,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
+        self.first_request.store(true, Ordering::Relaxed);
         req.extensions_mut().insert(self.peer);
         req.extensions_mut().insert(self.local);
         self.inner.call(req)

@@ -1,6 +1,6 @@
 //! [`PerCoreServer`]: one single-threaded runtime and one listener per thread.
 
-use crate::{Connections, Server};
+use crate::{Connections, Server, Settings};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -29,8 +29,7 @@ const BACKLOG: i32 = 1024;
 pub struct PerCoreServer {
     listeners: Vec<std::net::TcpListener>,
     local: SocketAddr,
-    header_read_timeout: Duration,
-    shutdown_grace: Duration,
+    settings: Settings,
     connections: Connections,
 }
 
@@ -46,21 +45,32 @@ impl PerCoreServer {
         Ok(Self {
             listeners,
             local,
-            header_read_timeout: crate::DEFAULT_HEADER_READ_TIMEOUT,
-            shutdown_grace: crate::DEFAULT_SHUTDOWN_GRACE,
+            settings: Settings::default(),
             connections: Connections::default(),
         })
     }
 
     /// See [`Server::header_read_timeout`].
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout;
+        self.settings.header_read_timeout = timeout;
         self
     }
 
     /// See [`Server::shutdown_grace`].
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// See [`Server::max_header_bytes`].
+    pub fn max_header_bytes(mut self, max: usize) -> Self {
+        self.settings.max_header_bytes = max.max(crate::MIN_MAX_HEADER_BYTES);
+        self
+    }
+
+    /// See [`Server::max_headers`].
+    pub fn max_headers(mut self, max: usize) -> Self {
+        self.settings.max_headers = max;
         self
     }
 
@@ -110,8 +120,7 @@ impl PerCoreServer {
             let (done, done_rx) = oneshot::channel();
             let (mut stop_rx, mut release_rx) = (stop_rx.clone(), release_rx.clone());
             let connections = self.connections.clone();
-            let (header_read_timeout, shutdown_grace) =
-                (self.header_read_timeout, self.shutdown_grace);
+            let settings = self.settings;
             let thread = std::thread::Builder::new()
                 .name(format!("kestra-edge-{i}"))
                 .spawn(move || {
@@ -128,9 +137,8 @@ impl PerCoreServer {
                     runtime.block_on(async move {
                         let result = async {
                             let listener = tokio::net::TcpListener::from_std(listener)?;
-                            let mut server = Server::from_listener(listener)
-                                .header_read_timeout(header_read_timeout)
-                                .shutdown_grace(shutdown_grace);
+                            let mut server = Server::from_listener(listener);
+                            server.settings = settings;
                             server.connections = connections;
                             let stopped = async move {
                                 let _ = stop_rx.wait_for(|stop| *stop).await;

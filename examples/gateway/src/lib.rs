@@ -1,6 +1,7 @@
 //! The `kestra-edge` gateway: configuration (flags, environment, TOML file) and the serve
 //! loop the binary runs. Tests start the same [`Gateway`] in-process.
 
+use bytesize::ByteSize;
 use clap::Parser;
 use kestra_edge::{server::PerCoreServer, ForwardedHeaders, KestraEdge, PrefixMode};
 use kestra_edge_standin::{Standin, StandinConfig};
@@ -20,8 +21,14 @@ mod defaults {
     pub(crate) const UPSTREAM: &str = "http://127.0.0.1:8080";
     pub(crate) const CONNECT_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_CONNECT_TIMEOUT;
     pub(crate) const READ_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_READ_TIMEOUT;
+    pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration =
+        kestra_edge::proxy::DEFAULT_POOL_IDLE_TIMEOUT;
     pub(crate) const HEADER_TIMEOUT: Duration = kestra_edge::server::DEFAULT_HEADER_READ_TIMEOUT;
     pub(crate) const SHUTDOWN_GRACE: Duration = kestra_edge::server::DEFAULT_SHUTDOWN_GRACE;
+    pub(crate) const MAX_BODY: u64 = kestra_edge::proxy::DEFAULT_MAX_BODY;
+    pub(crate) const MAX_URI: usize = kestra_edge::proxy::DEFAULT_MAX_URI;
+    pub(crate) const MAX_HEADER_BYTES: usize = kestra_edge::server::DEFAULT_MAX_HEADER_BYTES;
+    pub(crate) const MAX_HEADERS: usize = kestra_edge::server::DEFAULT_MAX_HEADERS;
     pub(crate) const SSE_HEARTBEAT: Duration = kestra_edge::sse::DEFAULT_HEARTBEAT;
     pub(crate) const SSE_IDLE_TIMEOUT: Duration = kestra_edge::sse::DEFAULT_IDLE_TIMEOUT;
 }
@@ -115,12 +122,30 @@ pub struct Args {
     /// (nginx's proxy_read_timeout) [default: 600s].
     #[arg(long, env = "KESTRA_EDGE_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub read_timeout: Option<Duration>,
-    /// Longest time a client may take to send its request head [default: 30s].
+    /// How long an idle upstream connection stays pooled for reuse [default: 90s].
+    #[arg(long, env = "KESTRA_EDGE_UPSTREAM_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Option<Duration>,
+    /// Longest time a client may take to send its request head, also the idle time of a
+    /// keep-alive connection between two requests [default: 30s].
     #[arg(long, env = "KESTRA_EDGE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub header_timeout: Option<Duration>,
     /// On SIGINT/SIGTERM, how long in-flight requests may finish [default: 30s].
     #[arg(long, env = "KESTRA_EDGE_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Largest request body: a larger Content-Length is answered 413 before anything reaches
+    /// Kestra, a streamed body is cut there [default: 10GiB, Kestra's own limit].
+    #[arg(long, env = "KESTRA_EDGE_MAX_BODY", value_name = "SIZE")]
+    pub max_body: Option<ByteSize>,
+    /// Longest request target (path and query); longer is answered 414 [default: 16KiB].
+    #[arg(long, env = "KESTRA_EDGE_MAX_URI", value_name = "SIZE")]
+    pub max_uri: Option<ByteSize>,
+    /// Largest request head (request line and header fields), at least 8KiB; larger is
+    /// answered 431 [default: 64KiB].
+    #[arg(long, env = "KESTRA_EDGE_MAX_HEADER_BYTES", value_name = "SIZE")]
+    pub max_header_bytes: Option<ByteSize>,
+    /// Most header fields in a request; more are answered 431 [default: 100].
+    #[arg(long, env = "KESTRA_EDGE_MAX_HEADERS", value_name = "N")]
+    pub max_headers: Option<usize>,
     /// Threads serving requests, each with its own listener and upstream pool
     /// [default: one per CPU core].
     #[arg(long, env = "KESTRA_EDGE_WORKERS", value_name = "N")]
@@ -203,9 +228,15 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
+    upstream_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
+    max_body: Option<ByteSize>,
+    max_uri: Option<ByteSize>,
+    max_header_bytes: Option<ByteSize>,
+    max_headers: Option<usize>,
     workers: Option<NonZeroUsize>,
     host_header: Option<HostHeader>,
     context_path: Option<String>,
@@ -241,6 +272,11 @@ mod humantime_serde_opt {
     }
 }
 
+/// A size as a `usize` (saturating on 32-bit targets).
+fn byte_count(size: ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
+}
+
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -263,6 +299,14 @@ pub enum ConfigError {
     /// The stack refused the settings.
     #[error(transparent)]
     Build(#[from] kestra_edge::BuildError),
+    /// A setting is out of its range.
+    #[error("{setting} {reason}")]
+    OutOfRange {
+        /// The setting's flag name.
+        setting: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
 }
 
 /// The resolved settings of a gateway.
@@ -276,10 +320,20 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// See `--read-timeout`.
     pub read_timeout: Duration,
+    /// See `--upstream-idle-timeout`.
+    pub upstream_idle_timeout: Duration,
     /// See `--header-timeout`.
     pub header_timeout: Duration,
     /// See `--shutdown-grace`.
     pub shutdown_grace: Duration,
+    /// See `--max-body`, in bytes.
+    pub max_body: u64,
+    /// See `--max-uri`, in bytes.
+    pub max_uri: usize,
+    /// See `--max-header-bytes`.
+    pub max_header_bytes: usize,
+    /// See `--max-headers`.
+    pub max_headers: usize,
     /// See `--workers`.
     pub workers: NonZeroUsize,
     /// See `--host-header`.
@@ -358,6 +412,10 @@ impl GatewayConfig {
                 .read_timeout
                 .or(file.read_timeout)
                 .unwrap_or(defaults::READ_TIMEOUT),
+            upstream_idle_timeout: args
+                .upstream_idle_timeout
+                .or(file.upstream_idle_timeout)
+                .unwrap_or(defaults::UPSTREAM_IDLE_TIMEOUT),
             header_timeout: args
                 .header_timeout
                 .or(file.header_timeout)
@@ -366,6 +424,22 @@ impl GatewayConfig {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(defaults::SHUTDOWN_GRACE),
+            max_body: args
+                .max_body
+                .or(file.max_body)
+                .map_or(defaults::MAX_BODY, |size| size.as_u64()),
+            max_uri: args
+                .max_uri
+                .or(file.max_uri)
+                .map_or(defaults::MAX_URI, byte_count),
+            max_header_bytes: args
+                .max_header_bytes
+                .or(file.max_header_bytes)
+                .map_or(defaults::MAX_HEADER_BYTES, byte_count),
+            max_headers: args
+                .max_headers
+                .or(file.max_headers)
+                .unwrap_or(defaults::MAX_HEADERS),
             workers: args.workers.or(file.workers).unwrap_or_else(|| {
                 std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
             }),
@@ -449,7 +523,24 @@ impl Gateway {
         } else {
             None
         };
+        if config.max_header_bytes < kestra_edge::server::MIN_MAX_HEADER_BYTES {
+            return Err(ConfigError::OutOfRange {
+                setting: "--max-header-bytes",
+                reason: "must be at least 8KiB",
+            }
+            .into());
+        }
+        if config.max_headers == 0 {
+            return Err(ConfigError::OutOfRange {
+                setting: "--max-headers",
+                reason: "must be at least 1",
+            }
+            .into());
+        }
         let mut edge = KestraEdge::builder(config.upstream.clone())
+            .max_body(config.max_body)
+            .max_uri(config.max_uri)
+            .upstream_idle_timeout(config.upstream_idle_timeout)
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .preserve_host(config.host_header == HostHeader::Client)
@@ -479,6 +570,8 @@ impl Gateway {
         let tunnels = services[0].get_ref().tunnels().clone();
         let server = PerCoreServer::bind(config.listen, config.workers)?
             .header_read_timeout(config.header_timeout)
+            .max_header_bytes(config.max_header_bytes)
+            .max_headers(config.max_headers)
             .shutdown_grace(config.shutdown_grace);
         Ok(Self {
             server,
@@ -568,6 +661,43 @@ mod tests {
         assert_eq!(c.host_header, HostHeader::Client);
         assert_eq!(c.context_path, None);
         assert_eq!(c.prefix_mode, PrefixModeArg::Keep);
+        assert_eq!(c.max_body, 10 << 30);
+        assert_eq!(c.max_uri, 16 << 10);
+        assert_eq!(c.max_header_bytes, 64 << 10);
+        assert_eq!(c.max_headers, 100);
+        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        let c = config(&[
+            "--max-body",
+            "1MiB",
+            "--max-uri",
+            "8 KiB",
+            "--max-header-bytes",
+            "16384",
+            "--max-headers",
+            "50",
+        ]);
+        assert_eq!(c.max_body, 1 << 20);
+        assert_eq!(c.max_uri, 8 << 10);
+        assert_eq!(c.max_header_bytes, 16 << 10);
+        assert_eq!(c.max_headers, 50);
+        assert!(Args::try_parse_from(["kestra-edge", "--max-body", "lots"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn limits_out_of_range_are_configuration_errors() {
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.max_header_bytes = 4096;
+        let err = Gateway::bind(c).await.unwrap_err();
+        assert!(err.to_string().contains("--max-header-bytes"), "{err}");
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.max_headers = 0;
+        let err = Gateway::bind(c).await.unwrap_err();
+        assert!(err.to_string().contains("--max-headers"), "{err}");
     }
 
     #[test]
