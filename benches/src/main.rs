@@ -11,6 +11,7 @@
 
 mod load;
 mod report;
+mod soak;
 mod sse;
 mod targets;
 mod ws;
@@ -82,6 +83,16 @@ enum Mode {
     /// Serve the Kestra stand-in (SSE follow streams, WebSocket echo) and print
     /// `listening ADDR`.
     ServeStandin,
+    /// A long mixed load (GET, POST, SSE, WebSocket) through kestra-edge: exits non-zero on
+    /// any error or when the gateway's memory grows (`scripts/soak.sh`).
+    Soak {
+        /// How long the soak runs.
+        #[arg(long = "for", default_value = "5m", value_parser = humantime::parse_duration)]
+        length: Duration,
+        /// How often the gateway's memory is sampled.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        sample: Duration,
+    },
 }
 
 /// The body of the 1 MiB GET workload.
@@ -93,6 +104,13 @@ fn main() -> Result<(), BoxError> {
         Some(Mode::ServeUpstream) => serve(Serve::Minimal),
         Some(Mode::ServeGateway { upstream }) => serve(Serve::Gateway(upstream)),
         Some(Mode::ServeStandin) => serve(Serve::Standin),
+        Some(Mode::Soak { length, sample }) => {
+            if soak::run(length, sample)? {
+                Ok(())
+            } else {
+                Err("soak failed".into())
+            }
+        }
         None => run(&cli),
     }
 }
