@@ -9,7 +9,7 @@ cargo build --release --locked -p kestra-edge-gateway
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 target/release/kestra-edge --demo --listen "127.0.0.1:$port" --header-timeout 2s \
-  --max-body 1MiB --shutdown-grace 1s &
+  --body-timeout 2s --max-body 1MiB --shutdown-grace 1s &
 gateway=$!
 trap 'kill $gateway 2>/dev/null; wait $gateway 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "$base/kestra/ping" && break; sleep 0.1; done
@@ -46,8 +46,9 @@ echo "$out" | grep -q 'requests: 20000 total, 20000 started, 20000 done, 20000 s
 
 echo "== slowhttptest"
 for mode in -H -B; do
-  # 300 slow connections for 20 s; a probe request checks the service every second.
-  out=$(slowhttptest "$mode" -c 300 -r 100 -i 1 -s 8192 -t POST -l 20 -p 2 \
+  # 300 slow connections for 20 s, each sending a piece every 5 s (past the 2 s header and
+  # body timeouts); a probe request checks the service every 2 s.
+  out=$(slowhttptest "$mode" -c 300 -r 100 -i 5 -s 8192 -t POST -l 20 -p 2 \
     -u "$base/kestra/api/v1/upload" 2>&1 || true)
   summary=$(echo "$out" | grep -E 'service available|Exit status' | tail -2 | tr -s ' \n' ' ')
   echo "slowhttptest $mode: $summary"

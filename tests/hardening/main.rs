@@ -416,6 +416,42 @@ async fn a_streamed_body_over_max_body_is_cut_and_never_completes_upstream() {
 }
 
 #[tokio::test]
+async fn a_body_that_stalls_past_the_body_timeout_is_408_and_never_completes_upstream() {
+    let timeout = Duration::from_millis(300);
+    let (upstream, gateway) = recorded(|c| c.body_timeout = timeout).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    // 3 bytes of a declared 10, a second 3 bytes within the timeout, then nothing.
+    stream
+        .write_all(
+            b"POST /kestra/api/v1/files HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(timeout / 2).await;
+    stream.write_all(b"def").await.unwrap();
+    let started = Instant::now();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(5 * SECOND, stream.read_to_end(&mut response)).await;
+    assert!(read.is_ok(), "not closed within 5 s");
+    assert_eq!(
+        raw_status(&response),
+        408,
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    // Counted from the last byte, not from the start.
+    assert!(started.elapsed() >= timeout - Duration::from_millis(50));
+    assert!(eventually(5 * SECOND, || upstream.log().len() == 1).await);
+    let log = upstream.log();
+    assert!(
+        eventually(5 * SECOND, || upstream.connections.open() == 0).await,
+        "the upstream request was not aborted: {log:?}"
+    );
+    let log = upstream.log();
+    assert_eq!((log[0].body_len, log[0].completed), (6, false));
+}
+
+#[tokio::test]
 async fn too_many_or_too_large_header_fields_are_431() {
     let (upstream, gateway) = recorded(|c| c.max_headers = 20).await;
     let with_fields = |n: usize, value_len: usize| {

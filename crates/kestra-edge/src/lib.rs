@@ -140,6 +140,13 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// The longest a client may leave its request body without a byte (default 60 s); see
+    /// [`ReverseProxyBuilder::body_timeout`]: 408, and the upstream request is aborted.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.proxy = self.proxy.body_timeout(timeout);
+        self
+    }
+
     /// The longest request target (default 16 KiB); see [`ReverseProxyBuilder::max_uri`]:
     /// 414.
     pub fn max_uri(mut self, bytes: usize) -> Self {

@@ -65,15 +65,31 @@ pub struct RequestBody<B> {
     progress: Option<Arc<Progress>>,
     limit: u64,
     remaining: u64,
+    idle_timeout: Duration,
+    // Armed the first time the client keeps the body waiting.
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
+/// The client sent nothing of its request body for `body_timeout` (nginx's
+/// `client_body_timeout`): the upstream request is aborted and the client answered 408.
+#[derive(Debug, thiserror::Error)]
+#[error("request body idle for {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
 impl<B> RequestBody<B> {
-    pub(crate) fn new(inner: B, progress: Option<Arc<Progress>>, limit: u64) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        progress: Option<Arc<Progress>>,
+        limit: u64,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             inner: Some(inner),
             progress,
             limit,
             remaining: limit,
+            idle_timeout,
+            idle: None,
         }
     }
 
@@ -84,6 +100,8 @@ impl<B> RequestBody<B> {
             progress: None,
             limit: 0,
             remaining: 0,
+            idle_timeout: Duration::MAX,
+            idle: None,
         }
     }
 }
@@ -105,7 +123,20 @@ where
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let timeout = this.idle_timeout;
+                let idle = this.idle.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + timeout))
+                });
+                ready!(idle.as_mut().poll(cx));
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout)))));
+            }
+        };
+        if let Some(idle) = &mut this.idle {
+            idle.as_mut().reset(Instant::now() + this.idle_timeout);
+        }
         if let Some(progress) = &this.progress {
             progress.record();
         }

@@ -29,6 +29,10 @@ pub enum ProxyError {
     /// sent upstream) or found while streaming (the upstream request is aborted) (413).
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client sent nothing of its request body for `body_timeout`; the upstream request
+    /// is aborted (408).
+    #[error("request body timed out")]
+    BodyTimeout,
     /// The request target is longer than `max_uri` (414).
     #[error("request target too long")]
     UriTooLong,
@@ -44,6 +48,7 @@ impl ProxyError {
             Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
@@ -55,7 +60,10 @@ impl ProxyError {
 
     /// Whether a timeout expired.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::ConnectTimeout | Self::ResponseTimeout)
+        matches!(
+            self,
+            Self::ConnectTimeout | Self::ResponseTimeout | Self::BodyTimeout
+        )
     }
 
     /// Classifies an error of the pooled client.
@@ -73,6 +81,9 @@ impl ProxyError {
         }
         if chain(&err).any(|e| e.is::<crate::body::BodyTooLarge>()) {
             return Self::BodyTooLarge;
+        }
+        if chain(&err).any(|e| e.is::<crate::body::BodyTimeout>()) {
+            return Self::BodyTimeout;
         }
         let user_body = chain(&err)
             .filter_map(|e| e.downcast_ref::<hyper::Error>())
@@ -137,6 +148,7 @@ mod tests {
             ),
             (ProxyError::RequestBody(io()), 400, "request body failed"),
             (ProxyError::BodyTooLarge, 413, "request body too large"),
+            (ProxyError::BodyTimeout, 408, "request body timed out"),
             (ProxyError::UriTooLong, 414, "request target too long"),
         ];
         for (err, status, text) in cases {

@@ -30,6 +30,7 @@
 //! | `Content-Length` over `max_body` (nothing is sent upstream) | 413 `request body too large` |
 //! | a streamed body passes `max_body` (the upstream request is aborted) | 413, then the connection closes |
 //! | request target longer than `max_uri` | 414 `request target too long` |
+//! | the client sends nothing of its body for `body_timeout` (the upstream request is aborted) | 408 `request body timed out` |
 //! | upstream silent for `read_timeout` mid-body, or died mid-body | the client's transfer is aborted |
 
 mod body;
@@ -37,10 +38,11 @@ mod error;
 mod future;
 mod service;
 
-pub use body::{BodyTooLarge, ProxyBody, RequestBody};
+pub use body::{BodyTimeout, BodyTooLarge, ProxyBody, RequestBody};
 pub use error::{BodyError, ProxyError};
 pub use future::{EventStreamReadTimeout, ResponseFuture};
 pub use service::{
-    BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_READ_TIMEOUT,
+    BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
 };

@@ -31,6 +31,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default for [`ReverseProxyBuilder::max_body`]: 10 GiB, Kestra's own upload limit.
 pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024 * 1024;
+/// Default for [`ReverseProxyBuilder::body_timeout`]: nginx's `client_body_timeout`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for [`ReverseProxyBuilder::max_uri`]: 16 KiB.
 pub const DEFAULT_MAX_URI: usize = 16 * 1024;
 /// Default for [`ReverseProxyBuilder::pool_idle_timeout`].
@@ -62,6 +64,7 @@ pub struct ReverseProxyBuilder {
     pool_max_idle_per_host: usize,
     max_body: u64,
     max_uri: usize,
+    body_timeout: Duration,
 }
 
 impl ReverseProxyBuilder {
@@ -76,7 +79,16 @@ impl ReverseProxyBuilder {
             pool_max_idle_per_host: usize::MAX,
             max_body: DEFAULT_MAX_BODY,
             max_uri: DEFAULT_MAX_URI,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// The longest a client may leave its request body without sending a byte (default
+    /// 60 s, nginx's `client_body_timeout`); past it, the upstream request is aborted and
+    /// the client answered 408. Against slow-body attacks.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 
     /// The largest request body, in bytes (default 10 GiB, Kestra's own limit). A larger
@@ -159,6 +171,9 @@ impl ReverseProxyBuilder {
         if self.read_timeout.is_zero() {
             return Err(BuildError::ZeroTimeout("read_timeout"));
         }
+        if self.body_timeout.is_zero() {
+            return Err(BuildError::ZeroTimeout("body_timeout"));
+        }
 
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(self.connect_timeout));
@@ -179,6 +194,7 @@ impl ReverseProxyBuilder {
                 preserve_host: self.preserve_host,
                 max_body: self.max_body,
                 max_uri: self.max_uri,
+                body_timeout: self.body_timeout,
             }),
         })
     }
@@ -203,6 +219,7 @@ struct Shared {
     preserve_host: bool,
     max_body: u64,
     max_uri: usize,
+    body_timeout: Duration,
 }
 
 /// A tower service that forwards each request to one upstream and streams the answer back.
@@ -371,7 +388,12 @@ where
         let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::new(start)));
         let req = Request::from_parts(
             parts,
-            RequestBody::new(body, progress.clone(), self.shared.max_body),
+            RequestBody::new(
+                body,
+                progress.clone(),
+                self.shared.max_body,
+                self.shared.body_timeout,
+            ),
         );
         let future = {
             let _enter = span.enter();

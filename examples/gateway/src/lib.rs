@@ -23,6 +23,7 @@ mod defaults {
     pub(crate) const READ_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_READ_TIMEOUT;
     pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration =
         kestra_edge::proxy::DEFAULT_POOL_IDLE_TIMEOUT;
+    pub(crate) const BODY_TIMEOUT: Duration = kestra_edge::proxy::DEFAULT_BODY_TIMEOUT;
     pub(crate) const HEADER_TIMEOUT: Duration = kestra_edge::server::DEFAULT_HEADER_READ_TIMEOUT;
     pub(crate) const SHUTDOWN_GRACE: Duration = kestra_edge::server::DEFAULT_SHUTDOWN_GRACE;
     pub(crate) const MAX_BODY: u64 = kestra_edge::proxy::DEFAULT_MAX_BODY;
@@ -129,6 +130,11 @@ pub struct Args {
     /// keep-alive connection between two requests [default: 30s].
     #[arg(long, env = "KESTRA_EDGE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub header_timeout: Option<Duration>,
+    /// Longest time a client may leave its request body without sending a byte; then the
+    /// upstream request is aborted and the client answered 408 (nginx's
+    /// client_body_timeout) [default: 60s].
+    #[arg(long, env = "KESTRA_EDGE_BODY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
     /// On SIGINT/SIGTERM, how long in-flight requests may finish [default: 30s].
     #[arg(long, env = "KESTRA_EDGE_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -232,6 +238,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
+    body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     max_body: Option<ByteSize>,
     max_uri: Option<ByteSize>,
@@ -324,6 +332,8 @@ pub struct GatewayConfig {
     pub upstream_idle_timeout: Duration,
     /// See `--header-timeout`.
     pub header_timeout: Duration,
+    /// See `--body-timeout`.
+    pub body_timeout: Duration,
     /// See `--shutdown-grace`.
     pub shutdown_grace: Duration,
     /// See `--max-body`, in bytes.
@@ -420,6 +430,10 @@ impl GatewayConfig {
                 .header_timeout
                 .or(file.header_timeout)
                 .unwrap_or(defaults::HEADER_TIMEOUT),
+            body_timeout: args
+                .body_timeout
+                .or(file.body_timeout)
+                .unwrap_or(defaults::BODY_TIMEOUT),
             shutdown_grace: args
                 .shutdown_grace
                 .or(file.shutdown_grace)
@@ -541,6 +555,7 @@ impl Gateway {
             .max_body(config.max_body)
             .max_uri(config.max_uri)
             .upstream_idle_timeout(config.upstream_idle_timeout)
+            .body_timeout(config.body_timeout)
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .preserve_host(config.host_header == HostHeader::Client)
@@ -667,6 +682,7 @@ mod tests {
         assert_eq!(c.max_headers, 100);
         assert_eq!(c.header_timeout, Duration::from_secs(30));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.body_timeout, Duration::from_secs(60));
     }
 
     #[test]
