@@ -66,8 +66,10 @@ pub struct RequestBody<B> {
     limit: u64,
     remaining: u64,
     idle_timeout: Duration,
-    // Armed the first time the client keeps the body waiting.
+    // Created the first time the client keeps the body waiting; its deadline counts from
+    // the start of each wait, so time the upstream spent not asking for more is not counted.
     idle: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 /// The client sent nothing of its request body for `body_timeout` (nginx's
@@ -90,6 +92,7 @@ impl<B> RequestBody<B> {
             remaining: limit,
             idle_timeout,
             idle: None,
+            waiting: false,
         }
     }
 
@@ -102,6 +105,7 @@ impl<B> RequestBody<B> {
             remaining: 0,
             idle_timeout: Duration::MAX,
             idle: None,
+            waiting: false,
         }
     }
 }
@@ -127,16 +131,23 @@ where
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 let timeout = this.idle_timeout;
-                let idle = this.idle.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(Instant::now() + timeout))
-                });
+                let idle = match &mut this.idle {
+                    Some(idle) => {
+                        if !this.waiting {
+                            idle.as_mut().reset(Instant::now() + timeout);
+                        }
+                        idle
+                    }
+                    None => this
+                        .idle
+                        .insert(Box::pin(tokio::time::sleep_until(Instant::now() + timeout))),
+                };
+                this.waiting = true;
                 ready!(idle.as_mut().poll(cx));
                 return Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout)))));
             }
         };
-        if let Some(idle) = &mut this.idle {
-            idle.as_mut().reset(Instant::now() + this.idle_timeout);
-        }
+        this.waiting = false;
         if let Some(progress) = &this.progress {
             progress.record();
         }
