@@ -36,13 +36,9 @@
 //! # }
 //! ```
 
+use connection::{Builders, Connection};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use std::{
     convert::Infallible,
     error::Error as StdError,
@@ -50,17 +46,19 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
-    task::{Context, Poll},
     time::Duration,
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::Service;
 
+mod connection;
 mod per_core;
+mod transport;
 pub use per_core::PerCoreServer;
+pub use transport::{Accepted, PlainTcp, Protocol, TlsConnection, Transport};
 
 /// Default for [`Server::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +70,14 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Default for [`Server::max_headers`] (hyper's own).
 pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default for [`Server::h2_idle_timeout`]: 5 minutes.
+pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for [`Server::h2_max_concurrent_streams`]: nginx's `http2_max_concurrent_streams`.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Default for [`Server::h2_keep_alive`]: a PING after this much silence from the client.
+pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default for [`Server::h2_keep_alive`]: how long the PING's answer may take.
+pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The settings [`Server`] and [`PerCoreServer`] share.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +86,10 @@ struct Settings {
     shutdown_grace: Duration,
     max_header_bytes: usize,
     max_headers: usize,
+    h2_idle_timeout: Option<Duration>,
+    h2_max_concurrent_streams: u32,
+    h2_keep_alive_interval: Option<Duration>,
+    h2_keep_alive_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -89,33 +99,76 @@ impl Default for Settings {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
+            h2_idle_timeout: Some(DEFAULT_H2_IDLE_TIMEOUT),
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            h2_keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),
+            h2_keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
         }
     }
 }
 
-impl Settings {
-    /// hyper-util's builder for these settings.
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let mut http1 = builder.http1();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            .max_buf_size(self.max_header_bytes)
-            .keep_alive(true);
-        if self.max_headers != DEFAULT_MAX_HEADERS {
-            // Moves hyper's header array from the stack to the heap: only when asked.
-            http1.max_headers(self.max_headers);
+/// The setters [`Server`] and [`PerCoreServer`] share, written once.
+macro_rules! settings_setters {
+    () => {
+        /// The longest a client may take to send a request head (default 30 s): from the
+        /// accept to the first request (any protocol, the TLS handshake included), and from
+        /// each HTTP/1 response to the next request head, so it also ends idle keep-alive
+        /// connections.
+        pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+            self.settings.header_read_timeout = timeout;
+            self
         }
-        // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
-            .enable_connect_protocol();
-        builder
-    }
+
+        /// How long in-flight requests may run after shutdown begins (default 30 s).
+        pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+            self.settings.shutdown_grace = grace;
+            self
+        }
+
+        /// The largest request head, in bytes (default 64 KiB, at least
+        /// [`MIN_MAX_HEADER_BYTES`](crate::MIN_MAX_HEADER_BYTES): a smaller value is raised
+        /// to it); larger heads are answered 431. For HTTP/1 it also caps the connection's
+        /// read buffer; for HTTP/2 it is the header list size (SETTINGS_MAX_HEADER_LIST_SIZE),
+        /// which also bounds a CONTINUATION flood.
+        pub fn max_header_bytes(mut self, max: usize) -> Self {
+            self.settings.max_header_bytes = max.max(crate::MIN_MAX_HEADER_BYTES);
+            self
+        }
+
+        /// The most header fields an HTTP/1 request may have (default 100); more are
+        /// answered 431.
+        pub fn max_headers(mut self, max: usize) -> Self {
+            self.settings.max_headers = max;
+            self
+        }
+
+        /// Closes a connection (with GOAWAY on HTTP/2) that has carried no request and no
+        /// open response for this long (default 5 minutes; `None`: never). A connection with
+        /// a live stream, such as a quiet SSE stream, is never closed by it. It is checked
+        /// four times per period, so the close comes within 1¼ of it.
+        pub fn h2_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+            self.settings.h2_idle_timeout = idle.filter(|d| !d.is_zero());
+            self
+        }
+
+        /// The most concurrent streams an HTTP/2 client may open on one connection
+        /// (default 128, nginx's `http2_max_concurrent_streams`).
+        pub fn h2_max_concurrent_streams(mut self, max: u32) -> Self {
+            self.settings.h2_max_concurrent_streams = max;
+            self
+        }
+
+        /// HTTP/2 keep-alive: a PING after `interval` without a frame from the client, and
+        /// the connection closed when its answer takes longer than `timeout` (default 30 s
+        /// and 20 s; `None`: no PINGs).
+        pub fn h2_keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+            self.settings.h2_keep_alive_interval = interval;
+            self.settings.h2_keep_alive_timeout = timeout;
+            self
+        }
+    };
 }
+pub(crate) use settings_setters;
 
 /// The TCP peer of the connection a request arrived on (a request extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,10 +217,12 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Serves a tower service over TCP; see the [crate docs](crate).
+/// Serves a tower service over TCP (or TLS, with another [`Transport`]); see the
+/// [crate docs](crate).
 #[derive(Debug)]
-pub struct Server {
+pub struct Server<T = PlainTcp> {
     listener: TcpListener,
+    transport: T,
     settings: Settings,
     connections: Connections,
 }
@@ -182,37 +237,24 @@ impl Server {
     pub fn from_listener(listener: TcpListener) -> Self {
         Self {
             listener,
+            transport: PlainTcp,
             settings: Settings::default(),
             connections: Connections::default(),
         }
     }
+}
 
-    /// The longest a client may take to send a request head (default 30 s): from the
-    /// accept to the first request (any protocol), and from each HTTP/1 response to the
-    /// next request head, so it also ends idle keep-alive connections.
-    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.header_read_timeout = timeout;
-        self
-    }
+impl<T: Transport> Server<T> {
+    settings_setters!();
 
-    /// How long in-flight requests may run after shutdown begins (default 30 s).
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.settings.shutdown_grace = grace;
-        self
-    }
-
-    /// The largest request head, in bytes (default 64 KiB, at least
-    /// [`MIN_MAX_HEADER_BYTES`]: a smaller value is raised to it); larger heads are
-    /// answered 431. For HTTP/1 it also caps the connection's read buffer.
-    pub fn max_header_bytes(mut self, max: usize) -> Self {
-        self.settings.max_header_bytes = max.max(MIN_MAX_HEADER_BYTES);
-        self
-    }
-
-    /// The most header fields an HTTP/1 request may have (default 100); more are answered 431.
-    pub fn max_headers(mut self, max: usize) -> Self {
-        self.settings.max_headers = max;
-        self
+    /// Serves over `transport` instead (for example `kestra-edge-tls`'s TLS acceptor).
+    pub fn transport<U: Transport>(self, transport: U) -> Server<U> {
+        Server {
+            listener: self.listener,
+            transport,
+            settings: self.settings,
+            connections: self.connections,
+        }
     }
 
     /// The address the server listens on.
@@ -238,18 +280,14 @@ impl Server {
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let local = self.listener.local_addr()?;
-        let Settings {
-            header_read_timeout,
-            shutdown_grace,
-            ..
-        } = self.settings;
-        let builder = Arc::new(self.settings.builder());
-        let graceful = GracefulShutdown::new();
+        let settings = self.settings;
+        let builders = Arc::new(Builders::new(&settings));
+        let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
 
         loop {
-            let (stream, peer) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -263,42 +301,22 @@ impl Server {
                     }
                 },
             };
-            if let Err(err) = stream.set_nodelay(true) {
+            if let Err(err) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %err, "TCP_NODELAY not set");
             }
-            let first_request = Arc::new(AtomicBool::new(false));
-            let service = TowerToHyperService::new(AddConnectionInfo {
-                inner: service.clone(),
-                peer: PeerAddr(peer),
-                local: LocalAddr(local),
-                first_request: first_request.clone(),
-            });
             let guard = self.connections.opened();
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let connection = Connection {
+                transport: self.transport.clone(),
+                tcp,
+                peer,
+                local,
+                service: service.clone(),
+                builders: builders.clone(),
+                settings,
+                shutdown: stopped.clone(),
+            };
             tasks.spawn(async move {
-                // hyper-util's protocol sniffing waits for bytes with no deadline, and an
-                // HTTP/2 connection has no header timeout of its own: a connection whose first
-                // request has not arrived by the header timeout is closed here.
-                let watchdog = tokio::time::sleep(header_read_timeout);
-                tokio::pin!(conn, watchdog);
-                let ended = tokio::select! {
-                    ended = &mut conn => Some(ended),
-                    () = &mut watchdog => None,
-                };
-                let ended = match ended {
-                    Some(ended) => ended,
-                    None if first_request.load(Ordering::Relaxed) => conn.await,
-                    None => {
-                        tracing::debug!(%peer, "no request within the header timeout: closed");
-                        Ok(())
-                    }
-                };
-                if let Err(err) = ended {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
+                connection.run().await;
                 drop(guard);
             });
         }
@@ -306,10 +324,12 @@ impl Server {
         drop(self.listener);
         tracing::info!(
             open = self.connections.open(),
-            grace = ?shutdown_grace,
+            grace = ?settings.shutdown_grace,
             "shutting down: no longer accepting"
         );
-        if tokio::time::timeout(shutdown_grace, graceful.shutdown())
+        let _ = stop.send(true);
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(settings.shutdown_grace, drained)
             .await
             .is_err()
         {
@@ -320,37 +340,6 @@ impl Server {
         }
         tasks.shutdown().await;
         Ok(())
-    }
-}
-
-/// Inserts [`PeerAddr`] and [`LocalAddr`] into every request of one connection, and notes
-/// that the connection has sent a request.
-#[derive(Debug, Clone)]
-struct AddConnectionInfo<S> {
-    inner: S,
-    peer: PeerAddr,
-    local: LocalAddr,
-    first_request: Arc<AtomicBool>,
-}
-
-impl<S, B> Service<Request<B>> for AddConnectionInfo<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> S::Future {
-        self.first_request.store(true, Ordering::Relaxed);
-        req.extensions_mut().insert(self.peer);
-        req.extensions_mut().insert(self.local);
-        self.inner.call(req)
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`PerCoreServer`]: one single-threaded runtime and one listener per thread.
 
-use crate::{Connections, Server, Settings};
+use crate::{settings_setters, Connections, PlainTcp, Server, Settings, Transport};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -26,9 +26,10 @@ const BACKLOG: i32 = 1024;
 /// Each thread serves like [`Server`] (HTTP/1.1 and h2c, upgrades, header read timeout,
 /// `TCP_NODELAY`, [`PeerAddr`](crate::PeerAddr), graceful shutdown with the same grace).
 #[derive(Debug)]
-pub struct PerCoreServer {
+pub struct PerCoreServer<T = PlainTcp> {
     listeners: Vec<std::net::TcpListener>,
     local: SocketAddr,
+    transport: T,
     settings: Settings,
     connections: Connections,
 }
@@ -45,33 +46,25 @@ impl PerCoreServer {
         Ok(Self {
             listeners,
             local,
+            transport: PlainTcp,
             settings: Settings::default(),
             connections: Connections::default(),
         })
     }
+}
 
-    /// See [`Server::header_read_timeout`].
-    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.header_read_timeout = timeout;
-        self
-    }
+impl<T: Transport> PerCoreServer<T> {
+    settings_setters!();
 
-    /// See [`Server::shutdown_grace`].
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.settings.shutdown_grace = grace;
-        self
-    }
-
-    /// See [`Server::max_header_bytes`].
-    pub fn max_header_bytes(mut self, max: usize) -> Self {
-        self.settings.max_header_bytes = max.max(crate::MIN_MAX_HEADER_BYTES);
-        self
-    }
-
-    /// See [`Server::max_headers`].
-    pub fn max_headers(mut self, max: usize) -> Self {
-        self.settings.max_headers = max;
-        self
+    /// Serves over `transport` instead (see [`Server::transport`]); every thread shares it.
+    pub fn transport<U: Transport>(self, transport: U) -> PerCoreServer<U> {
+        PerCoreServer {
+            listeners: self.listeners,
+            local: self.local,
+            transport,
+            settings: self.settings,
+            connections: self.connections,
+        }
     }
 
     /// The address every thread listens on.
@@ -121,6 +114,7 @@ impl PerCoreServer {
             let (mut stop_rx, mut release_rx) = (stop_rx.clone(), release_rx.clone());
             let connections = self.connections.clone();
             let settings = self.settings;
+            let transport = self.transport.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("kestra-edge-{i}"))
                 .spawn(move || {
@@ -137,7 +131,7 @@ impl PerCoreServer {
                     runtime.block_on(async move {
                         let result = async {
                             let listener = tokio::net::TcpListener::from_std(listener)?;
-                            let mut server = Server::from_listener(listener);
+                            let mut server = Server::from_listener(listener).transport(transport);
                             server.settings = settings;
                             server.connections = connections;
                             let stopped = async move {

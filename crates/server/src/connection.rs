@@ -1,0 +1,417 @@
+//! One connection's life: the transport's handshake, HTTP on the negotiated version, the
+//! first-request deadline, the idle limit and graceful shutdown.
+
+use crate::{
+    transport::{Protocol, TlsConnection, Transport},
+    LocalAddr, PeerAddr, Settings,
+};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{
+    body::Incoming,
+    server::conn::{http1, http2},
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use pin_project_lite::pin_project;
+use std::{
+    convert::Infallible,
+    error::Error as StdError,
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    net::TcpStream,
+    sync::watch,
+    time::{sleep, sleep_until, Instant},
+};
+use tower::Service;
+
+/// How many quiet checks in a row make a connection idle: it is closed between 1 and 1¼ idle
+/// timeouts after its last stream ended, without a clock read per request.
+const IDLE_CHECKS: u32 = 4;
+
+/// The three ways of serving HTTP, built once from the settings.
+#[derive(Debug)]
+pub(crate) struct Builders {
+    sniff: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// Applies the HTTP/1 settings to hyper's builder or to hyper-util's auto builder's half.
+macro_rules! configure_http1 {
+    ($builder:expr, $settings:expr) => {{
+        let settings: &Settings = $settings;
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes)
+            .keep_alive(true);
+        if settings.max_headers != crate::DEFAULT_MAX_HEADERS {
+            // Moves hyper's header array from the stack to the heap: only when asked.
+            $builder.max_headers(settings.max_headers);
+        }
+    }};
+}
+
+/// Applies the HTTP/2 settings likewise.
+macro_rules! configure_http2 {
+    ($builder:expr, $settings:expr) => {{
+        let settings: &Settings = $settings;
+        $builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(settings.h2_max_concurrent_streams)
+            .keep_alive_interval(settings.h2_keep_alive_interval)
+            .keep_alive_timeout(settings.h2_keep_alive_timeout)
+            // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
+            .enable_connect_protocol();
+    }};
+}
+
+impl Builders {
+    pub(crate) fn new(settings: &Settings) -> Self {
+        let mut sniff = auto::Builder::new(TokioExecutor::new());
+        configure_http1!(sniff.http1(), settings);
+        configure_http2!(sniff.http2(), settings);
+        let mut http1 = http1::Builder::new();
+        configure_http1!(http1, settings);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        configure_http2!(http2, settings);
+        Self {
+            sniff,
+            http1,
+            http2,
+        }
+    }
+}
+
+/// What a connection's requests have done so far, shared with its watchdog.
+#[derive(Debug, Default)]
+struct ConnState {
+    requests: AtomicU64,
+    /// Requests whose response has not ended (an open SSE stream counts).
+    active: AtomicUsize,
+}
+
+/// Everything one connection task needs.
+pub(crate) struct Connection<T, S> {
+    pub(crate) transport: T,
+    pub(crate) tcp: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) service: S,
+    pub(crate) builders: Arc<Builders>,
+    pub(crate) settings: Settings,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl<T, S, B> Connection<T, S>
+where
+    T: Transport,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Runs the connection to its end.
+    pub(crate) async fn run(self) {
+        let Self {
+            transport,
+            tcp,
+            peer,
+            local,
+            service,
+            builders,
+            settings,
+            mut shutdown,
+        } = self;
+        // The handshake and the first request share the header timeout (slowloris, TLS
+        // stalls, hyper-util's protocol sniffing, which has no deadline of its own).
+        let deadline = Instant::now() + settings.header_read_timeout;
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout_at(deadline, transport.accept(tcp, peer)) => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let accepted = match accepted {
+            Ok(Ok(Some(accepted))) => accepted,
+            Ok(Ok(None)) => return,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "handshake not done within the header timeout: closed");
+                return;
+            }
+        };
+        let state = Arc::new(ConnState::default());
+        let service = TowerToHyperService::new(ConnectionService {
+            inner: service,
+            peer: PeerAddr(peer),
+            local: LocalAddr(local),
+            tls: accepted.tls,
+            state: state.clone(),
+        });
+        let io = TokioIo::new(accepted.io);
+        let watch = Watch {
+            state,
+            deadline,
+            idle: settings.h2_idle_timeout,
+            shutdown,
+            peer,
+        };
+        match accepted.protocol {
+            Protocol::Sniff => {
+                let conn = builders.sniff.serve_connection_with_upgrades(io, service);
+                watch.drive(conn).await;
+            }
+            Protocol::Http1 => {
+                let conn = builders.http1.serve_connection(io, service).with_upgrades();
+                watch.drive(conn).await;
+            }
+            Protocol::Http2 => {
+                let conn = builders.http2.serve_connection(io, service);
+                watch.drive(conn).await;
+            }
+        }
+    }
+}
+
+/// A hyper connection that can be asked to finish gracefully.
+trait GracefulConnection: Future<Output = Result<(), Self::Error>> {
+    type Error: fmt::Display;
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulConnection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Error = Box<dyn StdError + Send + Sync>;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> GracefulConnection for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Error = hyper::Error;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, E, B> GracefulConnection for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Error = hyper::Error;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Watches a running connection: first-request deadline, idle limit, shutdown.
+struct Watch {
+    state: Arc<ConnState>,
+    deadline: Instant,
+    idle: Option<Duration>,
+    shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Watch {
+    async fn drive<C: GracefulConnection>(mut self, conn: C) {
+        let peer = self.peer;
+        tokio::pin!(conn);
+        let first = sleep_until(self.deadline);
+        let check = self.idle.map(|idle| idle / IDLE_CHECKS);
+        let next_check = sleep(check.unwrap_or(Duration::MAX / 2));
+        tokio::pin!(first, next_check);
+        let mut waiting_first = true;
+        let mut closing = false;
+        let (mut quiet, mut seen) = (0, 0);
+        if *self.shutdown.borrow_and_update() {
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
+        let ended = loop {
+            tokio::select! {
+                ended = &mut conn => break ended,
+                () = &mut first, if waiting_first => {
+                    waiting_first = false;
+                    if self.state.requests.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(%peer, "no request within the header timeout: closed");
+                        return;
+                    }
+                }
+                _ = self.shutdown.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = &mut next_check, if check.is_some() && !closing => {
+                    let requests = self.state.requests.load(Ordering::Relaxed);
+                    if self.state.active.load(Ordering::Relaxed) == 0 && requests == seen {
+                        quiet += 1;
+                    } else {
+                        (quiet, seen) = (0, requests);
+                    }
+                    if quiet >= IDLE_CHECKS {
+                        tracing::debug!(%peer, "idle connection: closing gracefully");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    if let Some(check) = check {
+                        next_check.as_mut().reset(Instant::now() + check);
+                    }
+                }
+            }
+        };
+        if let Err(err) = ended {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    }
+}
+
+/// Inserts [`PeerAddr`], [`LocalAddr`] and [`TlsConnection`] into every request of one
+/// connection, and counts its requests and open responses for the idle limit.
+#[derive(Debug, Clone)]
+struct ConnectionService<S> {
+    inner: S,
+    peer: PeerAddr,
+    local: LocalAddr,
+    tls: bool,
+    state: Arc<ConnState>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ConnectionService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ActiveBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ConnectionFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        self.state.requests.fetch_add(1, Ordering::Relaxed);
+        self.state.active.fetch_add(1, Ordering::Relaxed);
+        let extensions = req.extensions_mut();
+        extensions.insert(self.peer);
+        extensions.insert(self.local);
+        if self.tls {
+            extensions.insert(TlsConnection);
+        }
+        ConnectionFuture {
+            inner: self.inner.call(req),
+            active: Some(Active(self.state.clone())),
+        }
+    }
+}
+
+/// One open request of a connection; dropped when its response ends or is abandoned.
+#[derive(Debug)]
+struct Active(Arc<ConnState>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// Response future of [`ConnectionService`].
+    struct ConnectionFuture<F> {
+        #[pin]
+        inner: F,
+        active: Option<Active>,
+    }
+}
+
+impl<F, ResBody, E> Future for ConnectionFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ActiveBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let active = this.active.take();
+        Poll::Ready(Ok(response.map(|inner| ActiveBody {
+            inner,
+            _active: active,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its connection counted as busy until it ends.
+    #[derive(Debug)]
+    pub(crate) struct ActiveBody<B> {
+        #[pin]
+        inner: B,
+        _active: Option<Active>,
+    }
+}
+
+impl<B: Body> Body for ActiveBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
