@@ -1,7 +1,7 @@
 //! Typed failures of the proxy and the HTTP answer each one gets.
 
 use http::StatusCode;
-use std::error::Error as StdError;
+use std::{error::Error as StdError, fmt};
 
 /// Why a request could not be proxied; each kind maps to one HTTP answer.
 ///
@@ -19,6 +19,11 @@ pub enum ProxyError {
     /// No response head arrived within `read_timeout` after the last request byte (504).
     #[error("upstream response timed out")]
     ResponseTimeout,
+    /// The TLS handshake with an `https://` upstream failed: its certificate was rejected
+    /// (unknown issuer, wrong name, expired, …) or it does not speak TLS (502). Never trusted
+    /// silently; [`upstream_tls`](Self::upstream_tls) tells why.
+    #[error("upstream TLS failed")]
+    UpstreamTls(#[source] UpstreamTlsError),
     /// The upstream closed the connection or sent something that is not HTTP (502).
     #[error("upstream connection failed")]
     Upstream(#[source] BoxError),
@@ -44,7 +49,7 @@ impl ProxyError {
     /// The status the client is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Connect(_) | Self::UpstreamTls(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -53,9 +58,21 @@ impl ProxyError {
         }
     }
 
-    /// Whether the upstream could not be connected to (refused, unreachable, or too slow to accept).
+    /// Whether the upstream could not be connected to (refused, unreachable, too slow to
+    /// accept, or its TLS handshake failed).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::ConnectTimeout)
+        matches!(
+            self,
+            Self::Connect(_) | Self::ConnectTimeout | Self::UpstreamTls(_)
+        )
+    }
+
+    /// Why the upstream's TLS handshake failed, when that is the failure.
+    pub fn upstream_tls(&self) -> Option<&UpstreamTlsError> {
+        match self {
+            Self::UpstreamTls(tls) => Some(tls),
+            _ => None,
+        }
     }
 
     /// Whether a timeout expired.
@@ -73,10 +90,14 @@ impl ProxyError {
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
         });
         if err.is_connect() {
-            return if timed_out {
-                Self::ConnectTimeout
-            } else {
-                Self::Connect(err.into())
+            if timed_out {
+                return Self::ConnectTimeout;
+            }
+            // hyper-rustls reports a failed handshake as the rustls::Error inside an io::Error.
+            let tls = chain(&err).find_map(|e| e.downcast_ref::<rustls::Error>());
+            return match tls {
+                Some(tls) => Self::UpstreamTls(UpstreamTlsError::new(tls.clone())),
+                None => Self::Connect(err.into()),
             };
         }
         if chain(&err).any(|e| e.is::<crate::body::BodyTooLarge>()) {
@@ -97,10 +118,91 @@ impl ProxyError {
 }
 
 /// An error and its sources, outermost first.
+///
+/// An `io::Error` is followed into the error it wraps: its own `source()` skips that error
+/// (it returns the wrapped error's source), and the wrapped one is what tells the cause.
 fn chain<'a>(
     err: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(err), |e: &&'a (dyn StdError + 'static)| (*e).source())
+    std::iter::successors(Some(err), |e: &&'a (dyn StdError + 'static)| match (*e)
+        .downcast_ref::<std::io::Error>()
+    {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+        None => (*e).source(),
+    })
+}
+
+/// The TLS handshake with the upstream failed; [`reason`](Self::reason) tells why.
+///
+/// Its `Display` is the log line: `upstream certificate rejected: unknown issuer`,
+/// `… not valid for name kestra.internal`, `… expired`, or `upstream TLS handshake failed:`
+/// and rustls's own text. The rustls error is its [`source`](StdError::source).
+#[derive(Debug)]
+pub struct UpstreamTlsError {
+    reason: UpstreamTlsReason,
+    error: rustls::Error,
+}
+
+/// Why the TLS handshake with the upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamTlsReason {
+    /// The certificate's chain does not end at a trusted root (the system's or an
+    /// `upstream_ca` file's).
+    UnknownIssuer,
+    /// The certificate does not name the upstream's host.
+    NotValidForName,
+    /// The certificate's `notAfter` has passed.
+    Expired,
+    /// Any other failure: another certificate problem, a TLS alert, an upstream that does
+    /// not speak TLS.
+    Other,
+}
+
+impl UpstreamTlsError {
+    pub(crate) fn new(error: rustls::Error) -> Self {
+        use rustls::CertificateError as Cert;
+        let reason = match &error {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                Cert::UnknownIssuer => UpstreamTlsReason::UnknownIssuer,
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                    UpstreamTlsReason::NotValidForName
+                }
+                Cert::Expired | Cert::ExpiredContext { .. } => UpstreamTlsReason::Expired,
+                _ => UpstreamTlsReason::Other,
+            },
+            _ => UpstreamTlsReason::Other,
+        };
+        Self { reason, error }
+    }
+
+    /// Why the handshake failed.
+    pub fn reason(&self) -> UpstreamTlsReason {
+        self.reason
+    }
+}
+
+impl fmt::Display for UpstreamTlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rejected = "upstream certificate rejected";
+        match self.reason {
+            UpstreamTlsReason::UnknownIssuer => write!(f, "{rejected}: unknown issuer"),
+            UpstreamTlsReason::NotValidForName => match &self.error {
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForNameContext { expected, .. },
+                ) => write!(f, "{rejected}: not valid for name {}", expected.to_str()),
+                _ => write!(f, "{rejected}: not valid for the upstream's name"),
+            },
+            UpstreamTlsReason::Expired => write!(f, "{rejected}: expired"),
+            UpstreamTlsReason::Other => write!(f, "upstream TLS handshake failed: {}", self.error),
+        }
+    }
+}
+
+impl StdError for UpstreamTlsError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// A response body failed after its head had been sent; the client's transfer is aborted.
@@ -147,6 +249,13 @@ mod tests {
                 "upstream connection failed",
             ),
             (ProxyError::RequestBody(io()), 400, "request body failed"),
+            (
+                ProxyError::UpstreamTls(UpstreamTlsError::new(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                ))),
+                502,
+                "upstream TLS failed",
+            ),
             (ProxyError::BodyTooLarge, 413, "request body too large"),
             (ProxyError::BodyTimeout, 408, "request body timed out"),
             (ProxyError::UriTooLong, 414, "request target too long"),
@@ -155,5 +264,88 @@ mod tests {
             assert_eq!(err.status().as_u16(), status);
             assert_eq!(err.to_string(), text);
         }
+    }
+
+    #[test]
+    fn rustls_errors_are_classified_by_reason() {
+        use rustls::{CertificateError as Cert, Error};
+        let name = rustls_pki_types::ServerName::try_from("kestra.internal").unwrap();
+        let cases = [
+            (
+                Error::InvalidCertificate(Cert::UnknownIssuer),
+                UpstreamTlsReason::UnknownIssuer,
+                "upstream certificate rejected: unknown issuer",
+            ),
+            (
+                Error::InvalidCertificate(Cert::NotValidForNameContext {
+                    expected: name,
+                    presented: vec!["DnsName(\"other\")".to_owned()],
+                }),
+                UpstreamTlsReason::NotValidForName,
+                "upstream certificate rejected: not valid for name kestra.internal",
+            ),
+            (
+                Error::InvalidCertificate(Cert::NotValidForName),
+                UpstreamTlsReason::NotValidForName,
+                "upstream certificate rejected: not valid for the upstream's name",
+            ),
+            (
+                Error::InvalidCertificate(Cert::ExpiredContext {
+                    time: rustls_pki_types::UnixTime::since_unix_epoch(
+                        std::time::Duration::from_secs(2_000_000_000),
+                    ),
+                    not_after: rustls_pki_types::UnixTime::since_unix_epoch(
+                        std::time::Duration::from_secs(1_000_000_000),
+                    ),
+                }),
+                UpstreamTlsReason::Expired,
+                "upstream certificate rejected: expired",
+            ),
+            (
+                Error::InvalidCertificate(Cert::Expired),
+                UpstreamTlsReason::Expired,
+                "upstream certificate rejected: expired",
+            ),
+            (
+                Error::InvalidCertificate(Cert::BadSignature),
+                UpstreamTlsReason::Other,
+                "upstream TLS handshake failed: invalid peer certificate: BadSignature",
+            ),
+            (
+                Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+                UpstreamTlsReason::Other,
+                "upstream TLS handshake failed: received fatal alert: HandshakeFailure",
+            ),
+        ];
+        for (error, reason, text) in cases {
+            let tls = UpstreamTlsError::new(error);
+            assert_eq!(tls.reason(), reason);
+            assert_eq!(tls.to_string(), text);
+            assert!(tls.source().is_some_and(|e| e.is::<rustls::Error>()));
+        }
+    }
+
+    #[test]
+    fn chain_reaches_a_rustls_error_wrapped_in_io_errors() {
+        // hyper-rustls: io::Error::other(tokio-rustls's io::Error(InvalidData, rustls::Error)).
+        let rustls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls);
+        let outer: BoxError = Box::new(std::io::Error::other(inner));
+        // Plain `source()` misses it: io::Error skips the error it wraps.
+        let mut sources = std::iter::successors(
+            Some(&*outer as &(dyn StdError + 'static)),
+            |e: &&(dyn StdError + 'static)| (*e).source(),
+        );
+        assert!(sources.all(|e| !e.is::<rustls::Error>()));
+        let found = chain(&*outer).find_map(|e| e.downcast_ref::<rustls::Error>());
+        assert!(
+            matches!(
+                found,
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                ))
+            ),
+            "{found:?}"
+        );
     }
 }

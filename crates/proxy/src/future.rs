@@ -146,7 +146,13 @@ impl Future for ResponseFuture {
                         proxied_response(response, *read_timeout, *event_stream_timeout)
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), upstream_ms, "proxy failed");
+                        match err.upstream_tls() {
+                            // Says which: unknown issuer, wrong name, expired, or rustls's text.
+                            Some(tls) => tracing::warn!(upstream_ms, "proxy failed: {tls}"),
+                            None => {
+                                tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), upstream_ms, "proxy failed")
+                            }
+                        }
                         plain_response(err.status(), &err.to_string())
                     }
                 };

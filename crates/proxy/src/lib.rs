@@ -1,10 +1,31 @@
 //! The streaming reverse-proxy service at the heart of kestra-edge.
 //!
 //! [`ReverseProxy`] is a tower [`Service`](tower::Service) that forwards every request to one
-//! upstream (`http://host:port`, Kestra's webserver) over a pooled keep-alive client, and
-//! streams the answer back. It is the counterpart of the seed nginx block's `proxy_pass`,
-//! `proxy_http_version 1.1`, `proxy_set_header Host $http_host`, `proxy_read_timeout` and
-//! `proxy_buffering off`: bodies are never buffered whole, in either direction.
+//! upstream (`http://host:port` or `https://host:port`, Kestra's webserver) over a pooled
+//! keep-alive client, and streams the answer back. It is the counterpart of the seed nginx
+//! block's `proxy_pass`, `proxy_http_version 1.1`, `proxy_set_header Host $http_host`,
+//! `proxy_read_timeout` and `proxy_buffering off`: bodies are never buffered whole, in either
+//! direction.
+//!
+//! An `https://` upstream is reached with rustls (ring): SNI and certificate name are the
+//! upstream's host, ALPN offers `http/1.1` only, and the certificate must chain to the
+//! operating system's trust store or to an [`upstream_ca`](ReverseProxyBuilder::upstream_ca)
+//! file (a cluster's private CA), like nginx's `proxy_ssl_verify on` with
+//! `proxy_ssl_server_name on`. The system store rather than a compiled-in Mozilla list:
+//! operators update it without a rebuild, and corporate CAs live there. Everything is loaded
+//! once, by `build`; an `http://` upstream loads nothing and keeps a plain TCP connector.
+//!
+//! ```no_run
+//! use kestra_edge_proxy::ReverseProxyBuilder;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let proxy = ReverseProxyBuilder::new("https://kestra.internal:8443")
+//!     .upstream_ca("/etc/kestra-edge/cluster-ca.pem")
+//!     .build::<hyper::body::Incoming>()?;
+//! # let _ = proxy;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```no_run
 //! use kestra_edge_proxy::ReverseProxyBuilder;
@@ -23,7 +44,8 @@
 //! | failure | answer |
 //! |---|---|
 //! | upstream refused or unreachable | 502 `upstream unavailable` |
-//! | connect took longer than `connect_timeout` | 504 `upstream connect timed out` |
+//! | connect (for https: TCP and TLS handshake) took longer than `connect_timeout` | 504 `upstream connect timed out` |
+//! | upstream certificate rejected (unknown issuer, wrong name, expired, …) or TLS handshake failed | 502 `upstream TLS failed` |
 //! | no response head within `read_timeout` of the last request byte | 504 `upstream response timed out` |
 //! | upstream closed or sent no valid HTTP | 502 `upstream connection failed` |
 //! | the client's request body failed | 400 `request body failed` |
@@ -37,9 +59,10 @@ mod body;
 mod error;
 mod future;
 mod service;
+mod tls;
 
 pub use body::{BodyTimeout, BodyTooLarge, ProxyBody, RequestBody};
-pub use error::{BodyError, ProxyError};
+pub use error::{BodyError, ProxyError, UpstreamTlsError, UpstreamTlsReason};
 pub use future::{EventStreamReadTimeout, ResponseFuture};
 pub use service::{
     BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_BODY_TIMEOUT,

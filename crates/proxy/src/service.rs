@@ -4,6 +4,7 @@ use crate::{
     body::{Progress, RequestBody},
     error::{BoxError, ProxyError},
     future::{EventStreamReadTimeout, Replay, ResponseFuture},
+    tls::ConnectDeadline,
 };
 use http::{
     header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE},
@@ -11,13 +12,15 @@ use http::{
     Method, Request, StatusCode, Uri, Version,
 };
 use http_body::Body;
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::legacy::{self, connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
 use kestra_edge_headers::remove_hop_by_hop;
 use std::{
     fmt,
+    path::PathBuf,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -45,9 +48,31 @@ pub enum BuildError {
     /// The upstream is not a URI.
     #[error("upstream {0:?} is not a valid URL")]
     InvalidUpstream(String),
-    /// The upstream is not `http://host[:port]`.
-    #[error("upstream {0:?} must be http://host[:port] (no TLS, no path, no query)")]
+    /// The upstream is not `http://host[:port]` or `https://host[:port]`.
+    #[error("upstream {0:?} must be http://host[:port] or https://host[:port] (no path, no query, no user)")]
     UnsupportedUpstream(String),
+    /// An [`upstream_ca`](ReverseProxyBuilder::upstream_ca) file cannot be read or is not
+    /// valid PEM, or one of its certificates cannot be a trust root.
+    #[error("upstream CA file {}: {source}", path.display())]
+    UpstreamCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An [`upstream_ca`](ReverseProxyBuilder::upstream_ca) file holds no PEM certificate.
+    #[error("upstream CA file {} holds no certificate", path.display())]
+    UpstreamCaEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The upstream is `https://`, and neither the system trust store nor an
+    /// [`upstream_ca`](ReverseProxyBuilder::upstream_ca) file gave a trusted root.
+    #[error("no trusted root for the https upstream: the system trust store is empty and no upstream CA file was given")]
+    NoTrustedRoots,
+    /// rustls refused the TLS configuration.
+    #[error("cannot configure TLS to the upstream: {0}")]
+    TlsConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A timeout of zero would fail every request.
     #[error("{0} must be greater than zero")]
     ZeroTimeout(&'static str),
@@ -65,10 +90,18 @@ pub struct ReverseProxyBuilder {
     max_body: u64,
     max_uri: usize,
     body_timeout: Duration,
+    upstream_ca: Vec<PathBuf>,
 }
 
 impl ReverseProxyBuilder {
-    /// Starts a proxy to `upstream`, a base URL `http://host[:port]`.
+    /// Starts a proxy to `upstream`, a base URL `http://host[:port]` or `https://host[:port]`.
+    ///
+    /// An `https://` upstream's certificate must chain to a root of the operating system's
+    /// trust store (read once, by [`build`](Self::build)) or of an
+    /// [`upstream_ca`](Self::upstream_ca) file, and name the upstream's host, which is also
+    /// the SNI sent. The system store rather than a compiled-in Mozilla list (webpki-roots):
+    /// operators update it without a rebuild, and corporate CAs are installed there; a
+    /// compiled-in list holds no private CA. A rejected certificate is answered 502.
     pub fn new(upstream: impl Into<String>) -> Self {
         Self {
             upstream: upstream.into(),
@@ -80,7 +113,19 @@ impl ReverseProxyBuilder {
             max_body: DEFAULT_MAX_BODY,
             max_uri: DEFAULT_MAX_URI,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            upstream_ca: Vec::new(),
         }
+    }
+
+    /// Also trusts every certificate of the PEM file at `path` for an `https://` upstream,
+    /// besides the system's roots: Kestra inside a cluster with a private CA. Repeatable.
+    ///
+    /// The file is read by [`build`](Self::build), which fails ([`BuildError::UpstreamCa`],
+    /// [`BuildError::UpstreamCaEmpty`]) when it cannot be read or holds no certificate. An
+    /// `http://` upstream never reads it.
+    pub fn upstream_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.upstream_ca.push(path.into());
+        self
     }
 
     /// The longest a client may leave its request body without sending a byte (default
@@ -108,6 +153,7 @@ impl ReverseProxyBuilder {
     }
 
     /// The longest wait for a TCP connection to the upstream (default 10 s); past it, 504.
+    /// For an `https://` upstream it bounds the TCP connect and the TLS handshake together.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -153,7 +199,11 @@ impl ReverseProxyBuilder {
             .parse()
             .map_err(|_| BuildError::InvalidUpstream(self.upstream.clone()))?;
         let unsupported = || BuildError::UnsupportedUpstream(self.upstream.clone());
-        if uri.scheme() != Some(&Scheme::HTTP) || uri.query().is_some() {
+        let scheme = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS => scheme.clone(),
+            _ => return Err(unsupported()),
+        };
+        if uri.query().is_some() {
             return Err(unsupported());
         }
         if !matches!(uri.path(), "" | "/") {
@@ -178,16 +228,30 @@ impl ReverseProxyBuilder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(self.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut client = Client::builder(TokioExecutor::new());
+        client
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .build(connector);
+            .pool_max_idle_per_host(self.pool_max_idle_per_host);
+        let client = if scheme == Scheme::HTTPS {
+            // The HttpConnector refuses https URIs unless told the TLS layer above handles them.
+            connector.enforce_http(false);
+            // hyper-rustls takes the SNI and the name to verify from the request URI's host,
+            // which `call` always sets to the upstream's authority. Built from the tuple, not
+            // `HttpsConnectorBuilder`, whose `with_tls_config` refuses a config with ALPN set
+            // and whose HTTP/1-only connector offers no ALPN at all.
+            let config = crate::tls::client_config(&self.upstream_ca)?;
+            let https = HttpsConnector::from((connector, config));
+            UpstreamClient::Https(client.build(ConnectDeadline::new(https, self.connect_timeout)))
+        } else {
+            UpstreamClient::Http(client.build(connector))
+        };
 
         Ok(ReverseProxy {
             client,
             shared: Arc::new(Shared {
+                scheme,
                 authority,
                 authority_header,
                 read_timeout: self.read_timeout,
@@ -210,9 +274,40 @@ impl ReverseProxyBuilder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeProtocol(pub HeaderValue);
 
+/// The pooled client, by the upstream's scheme: a plain `http://` upstream keeps the bare
+/// `HttpConnector`, with no TLS wrapper around its connections.
+pub(crate) enum UpstreamClient<B> {
+    Http(Client<HttpConnector, RequestBody<B>>),
+    Https(Client<ConnectDeadline<HttpsConnector<HttpConnector>>, RequestBody<B>>),
+}
+
+impl<B> UpstreamClient<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn request(&self, req: Request<RequestBody<B>>) -> legacy::ResponseFuture {
+        match self {
+            Self::Http(client) => client.request(req),
+            Self::Https(client) => client.request(req),
+        }
+    }
+}
+
+impl<B> Clone for UpstreamClient<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Http(client) => Self::Http(client.clone()),
+            Self::Https(client) => Self::Https(client.clone()),
+        }
+    }
+}
+
 /// What every request of one proxy shares.
 #[derive(Debug)]
 struct Shared {
+    scheme: Scheme,
     authority: Authority,
     authority_header: HeaderValue,
     read_timeout: Duration,
@@ -242,7 +337,7 @@ struct Shared {
 /// Each request runs in a `proxy` tracing span (level DEBUG) with `method`, `path`,
 /// `status` and `upstream_ms` (time to the response head).
 pub struct ReverseProxy<B> {
-    client: Client<HttpConnector, RequestBody<B>>,
+    pub(crate) client: UpstreamClient<B>,
     shared: Arc<Shared>,
 }
 
@@ -343,7 +438,7 @@ where
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(self.shared.scheme.clone());
         uri.authority = Some(self.shared.authority.clone());
         uri.path_and_query = Some(path_and_query);
         let Ok(uri) = Uri::from_parts(uri) else {
@@ -434,7 +529,8 @@ mod tests {
         let refused = [
             "",
             "kestra:8080",
-            "https://kestra:8443",
+            "wss://kestra:8443",
+            "https://kestra:8443/?a=1",
             "ftp://kestra",
             "http://kestra:8080/kestra",
             "http://kestra:8080/?a=1",
