@@ -21,6 +21,14 @@
 //!   `X-Forwarded-For` (client, trusted hops, peer), `X-Forwarded-Proto` and the seed's
 //!   `X-Forwarded-Protocol`, `X-Forwarded-Host`, `X-Forwarded-Port`, and `Forwarded`
 //!   (RFC 7239, `for="[2001:db8::1]"` for IPv6).
+//! - The scheme is `https` on a connection that carries
+//!   [`TlsConnection`](kestra_edge_server::TlsConnection) (kestra-edge's TLS acceptor), else
+//!   the configured listener scheme (`http` by default). Kestra marks its cookies `Secure`
+//!   and sends HSTS from it.
+//! - `X-Forwarded-Port` is the port the client addressed: the one in its `Host` when there
+//!   is one (so it always agrees with `X-Forwarded-Host` and `Forwarded: host=`), else a
+//!   trusted hop's, else 443 for `https` and 80 for `http`, as Traefik does. It is never the
+//!   port the gateway listens on: behind Docker's `-p 8080:8000` that would be wrong.
 //! - Hop-by-hop fields are removed before anything is added, so `Connection:
 //!   X-Forwarded-For` cannot remove the gateway's own headers; header names with
 //!   underscores are dropped.

@@ -10,7 +10,7 @@ use http::{
 };
 use ipnet::IpNet;
 use kestra_edge_headers::{list_items, plain_text, remove_hop_by_hop};
-use kestra_edge_server::{LocalAddr, PeerAddr};
+use kestra_edge_server::{PeerAddr, TlsConnection};
 use std::{
     fmt::Write as _,
     future::{ready, Ready},
@@ -270,8 +270,8 @@ where
                  axum's into_make_service_with_connect_info::<SocketAddr>()"
             );
         }
-        let local_port = req.extensions().get::<LocalAddr>().map(|l| l.0.port());
-        let view = ClientView::resolve(&self.config, req.headers_mut(), peer, host, local_port);
+        let tls = req.extensions().get::<TlsConnection>().is_some();
+        let view = ClientView::resolve(&self.config, req.headers_mut(), peer, host, tls);
         view.write(&self.config.headers, req.headers_mut());
         Either::Left(self.inner.call(req))
     }
@@ -318,6 +318,11 @@ fn effective_host<B>(req: &mut Request<B>) -> Result<Option<HeaderValue>, ()> {
     }
 }
 
+/// The explicit port of a `host[:port]` value.
+fn host_port(value: &[u8]) -> Option<u16> {
+    Authority::try_from(value).ok()?.port_u16()
+}
+
 /// Whether `value` is `host[:port]` with no user info.
 fn is_host(value: &[u8]) -> bool {
     !value.is_empty() && !value.contains(&b'@') && Authority::try_from(value).is_ok()
@@ -331,7 +336,8 @@ struct ClientView {
     chain: Vec<IpAddr>,
     scheme: Scheme,
     host: Option<HeaderValue>,
-    port: u16,
+    /// The port the client addressed, when known; else the scheme's default.
+    port: Option<u16>,
 }
 
 impl ClientView {
@@ -343,19 +349,25 @@ impl ClientView {
         headers: &mut HeaderMap,
         peer: Option<IpAddr>,
         host: Option<HeaderValue>,
-        local_port: Option<u16>,
+        tls: bool,
     ) -> Self {
         remove_hop_by_hop(headers);
         let mut view = Self {
             client: peer,
             chain: peer.into_iter().collect(),
-            scheme: config.scheme,
+            scheme: if tls { Scheme::Https } else { config.scheme },
             host,
-            port: local_port.unwrap_or(config.scheme.default_port()),
+            port: None,
         };
         if let Some(peer) = peer.filter(|&p| config.is_trusted(p)) {
             view.trust_hop(config, headers, peer);
         }
+        // The port the client addressed, never the one the gateway listens on (behind
+        // Docker's `-p 8080:8000` they differ): the Host's, so that X-Forwarded-Host,
+        // X-Forwarded-Port and `Forwarded: host=` agree; else what a trusted hop reported;
+        // else the scheme's default (as Traefik does).
+        let host_port = view.host.as_ref().and_then(|h| host_port(h.as_bytes()));
+        view.port = host_port.or(view.port);
         for name in &CLAIMS {
             headers.remove(name);
         }
@@ -399,7 +411,6 @@ impl ClientView {
             .or_else(|| first(&X_FORWARDED_PROTOCOL).and_then(Scheme::parse));
         if let Some(scheme) = scheme {
             self.scheme = scheme;
-            self.port = scheme.default_port();
         }
         let host = first(&X_FORWARDED_HOST)
             .filter(|h| is_host(h))
@@ -415,7 +426,7 @@ impl ClientView {
         }
         let port =
             first(&X_FORWARDED_PORT).and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
-        if let Some(port) = port {
+        if port.is_some() {
             self.port = port;
         }
     }
@@ -461,7 +472,8 @@ impl ClientView {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
         if enabled.x_forwarded_port {
-            headers.insert(X_FORWARDED_PORT, HeaderValue::from(self.port));
+            let port = self.port.unwrap_or(self.scheme.default_port());
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
         }
         if enabled.forwarded {
             if let Some(value) = text_value(self.forwarded()) {
@@ -520,6 +532,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::Full;
+    use kestra_edge_server::LocalAddr;
     use std::{
         convert::Infallible,
         sync::{Arc, Mutex},
@@ -533,6 +546,16 @@ mod tests {
         layer: &ForwardedLayer,
         peer: Option<&str>,
         lines: &[(&str, &str)],
+    ) -> Result<HeaderMap, StatusCode> {
+        run_over(layer, peer, lines, false).await
+    }
+
+    /// [`run`], over TLS when `tls`.
+    async fn run_over(
+        layer: &ForwardedLayer,
+        peer: Option<&str>,
+        lines: &[(&str, &str)],
+        tls: bool,
     ) -> Result<HeaderMap, StatusCode> {
         let seen: Seen = Arc::default();
         let recorder = seen.clone();
@@ -555,6 +578,9 @@ mod tests {
                 .extensions_mut()
                 .insert(LocalAddr("127.0.0.1:8000".parse().unwrap()));
         }
+        if tls {
+            request.extensions_mut().insert(TlsConnection);
+        }
         let response = layer.layer(upstream).oneshot(request).await.unwrap();
         let seen = seen.lock().unwrap().take();
         seen.ok_or(response.status())
@@ -573,6 +599,38 @@ mod tests {
             .fold(ForwardedLayer::builder(), |b, cidr| b.trusted_proxy(*cidr))
             .build()
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn tls_connections_are_https_and_the_port_is_the_one_the_client_addressed() {
+        let layer = layer(&[]);
+        let cases: &[(bool, &str, &str, &str)] = &[
+            // (over TLS, Host, proto, port)
+            (true, "kestra.example.com", "https", "443"),
+            (true, "kestra.example.com:8443", "https", "8443"),
+            (false, "kestra.example.com", "http", "80"),
+            (false, "kestra.example.com:8080", "http", "8080"),
+            (false, "[2001:db8::1]:8080", "http", "8080"),
+        ];
+        for &(tls, host, proto, port) in cases {
+            let headers = run_over(&layer, Some("203.0.113.9:5000"), &[("host", host)], tls)
+                .await
+                .unwrap();
+            assert_eq!(get(&headers, "x-forwarded-proto"), Some(proto), "{host}");
+            assert_eq!(get(&headers, "x-forwarded-protocol"), Some(proto), "{host}");
+            assert_eq!(get(&headers, "x-forwarded-host"), Some(host), "{host}");
+            assert_eq!(get(&headers, "x-forwarded-port"), Some(port), "{host}");
+            let host_param = if host.contains(':') {
+                format!("\"{host}\"")
+            } else {
+                host.to_owned()
+            };
+            assert_eq!(
+                get(&headers, "forwarded"),
+                Some(format!("for=203.0.113.9;proto={proto};host={host_param}").as_str()),
+                "{host}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -602,7 +660,8 @@ mod tests {
             get(&headers, "x-forwarded-host"),
             Some("kestra.example.com")
         );
-        assert_eq!(get(&headers, "x-forwarded-port"), Some("8000"));
+        // The port the client addressed (none in Host: http's 80), not the listener's 8000.
+        assert_eq!(get(&headers, "x-forwarded-port"), Some("80"));
         assert_eq!(
             get(&headers, "forwarded"),
             Some("for=203.0.113.9;proto=http;host=kestra.example.com")

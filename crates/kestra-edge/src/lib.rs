@@ -20,7 +20,9 @@
 //!    `Host`, timeouts, streaming to the upstream.
 //!
 //! The request head limits (431 for too many or too large header fields, the header read
-//! timeout against slowloris) belong to the accept loop: [`server::Server`].
+//! timeout against slowloris) belong to the accept loop: [`server::Server`]. So does TLS:
+//! serve with [`tls::TlsAcceptor`] as the server's transport for HTTPS with HTTP/2 (ALPN),
+//! and the forwarded layer tells Kestra `https`.
 //!
 //! Embedding it in your own axum app:
 //!
@@ -82,6 +84,7 @@ pub use kestra_edge_proxy as proxy;
 pub use kestra_edge_proxy::ProxyBody;
 pub use kestra_edge_server as server;
 pub use kestra_edge_sse as sse;
+pub use kestra_edge_tls as tls;
 pub use kestra_edge_upgrade as upgrade;
 pub use kestra_edge_upgrade::Tunnels;
 
@@ -122,6 +125,13 @@ impl KestraEdgeBuilder {
     /// See [`ReverseProxyBuilder::connect_timeout`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.proxy = self.proxy.connect_timeout(timeout);
+        self
+    }
+
+    /// Also trusts the certificates of the PEM file at `path` for an `https://` upstream
+    /// (a cluster's private CA); repeatable. See [`ReverseProxyBuilder::upstream_ca`].
+    pub fn upstream_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.proxy = self.proxy.upstream_ca(path);
         self
     }
 
