@@ -57,7 +57,8 @@ async fn an_untrusted_client_cannot_choose_its_address() {
 
 #[tokio::test]
 async fn a_trusted_proxy_reports_the_client() {
-    let stack = Stack::start_with(|c| c.trusted_proxies = vec!["127.0.0.0/8".to_owned()]).await;
+    let stack =
+        Stack::start_with(|c| c.forwarded.trusted_proxies = vec!["127.0.0.0/8".to_owned()]).await;
     let echo = echo(
         stack.gateway.addr,
         "Host: internal:8000\r\n\
@@ -87,7 +88,7 @@ async fn a_trusted_proxy_reports_the_client() {
 async fn an_ipv6_client_is_bracketed_and_quoted_in_forwarded() {
     let standin = Standin::start(StandinConfig::default()).await.unwrap();
     let mut config = GatewayConfig::for_upstream(standin.url());
-    config.listen = "[::1]:0".parse().unwrap();
+    config.listener.listen = "[::1]:0".parse().unwrap();
     let gateway = RunningGateway::start(config).await;
     let echo = echo(gateway.addr, "Host: [::1]\r\n").await;
     assert_eq!(one(&echo, "x-real-ip"), "::1");
@@ -129,8 +130,8 @@ async fn strip_mode_sends_the_gateways_own_prefix() {
         ..StandinConfig::default()
     };
     let stack = Stack::start_standin_with(standin, |c| {
-        c.context_path = Some("/kestra".to_owned());
-        c.prefix_mode = PrefixModeArg::Strip;
+        c.prefix.context_path = Some("/kestra".to_owned());
+        c.prefix.mode = PrefixModeArg::Strip;
     })
     .await;
     let response = raw_exchange(

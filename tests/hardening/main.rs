@@ -24,7 +24,7 @@ async fn recorded(
 ) -> (RecordingUpstream, RunningGateway) {
     let upstream = RecordingUpstream::start().await;
     let mut config = GatewayConfig::for_upstream(upstream.url());
-    config.context_path = Some("/kestra".to_owned());
+    config.prefix.context_path = Some("/kestra".to_owned());
     configure(&mut config);
     let gateway = RunningGateway::start(config).await;
     (upstream, gateway)
@@ -332,7 +332,7 @@ async fn pipelined_requests_are_each_forwarded_once() {
 
 #[tokio::test]
 async fn a_declared_body_over_max_body_is_413_before_anything_reaches_the_upstream() {
-    let (upstream, gateway) = recorded(|c| c.max_body = 1024).await;
+    let (upstream, gateway) = recorded(|c| c.upstream.max_body = 1024).await;
     // At the limit: forwarded whole.
     let at_limit = client()
         .post(gateway.url("/kestra/api/v1/files"))
@@ -377,7 +377,7 @@ fn streamed(chunks: usize) -> reqwest::Body {
 #[tokio::test]
 async fn a_streamed_body_over_max_body_is_cut_and_never_completes_upstream() {
     let limit = 256 * 1024;
-    let (upstream, gateway) = recorded(|c| c.max_body = limit).await;
+    let (upstream, gateway) = recorded(|c| c.upstream.max_body = limit).await;
 
     // Exactly the limit, chunked: forwarded whole.
     let response = client()
@@ -418,7 +418,7 @@ async fn a_streamed_body_over_max_body_is_cut_and_never_completes_upstream() {
 #[tokio::test]
 async fn a_body_that_stalls_past_the_body_timeout_is_408_and_never_completes_upstream() {
     let timeout = Duration::from_millis(300);
-    let (upstream, gateway) = recorded(|c| c.body_timeout = timeout).await;
+    let (upstream, gateway) = recorded(|c| c.upstream.body_timeout = timeout).await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     // 3 bytes of a declared 10, a second 3 bytes within the timeout, then nothing.
     stream
@@ -453,7 +453,7 @@ async fn a_body_that_stalls_past_the_body_timeout_is_408_and_never_completes_ups
 
 #[tokio::test]
 async fn too_many_or_too_large_header_fields_are_431() {
-    let (upstream, gateway) = recorded(|c| c.max_headers = 20).await;
+    let (upstream, gateway) = recorded(|c| c.listener.max_headers = 20).await;
     let with_fields = |n: usize, value_len: usize| {
         let mut head = String::from("GET /kestra/a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
         for i in 0..n {
@@ -490,7 +490,7 @@ async fn a_head_just_under_max_header_bytes_passes() {
 
 #[tokio::test]
 async fn an_over_long_request_target_is_414() {
-    let (upstream, gateway) = recorded(|c| c.max_uri = 4096).await;
+    let (upstream, gateway) = recorded(|c| c.upstream.max_uri = 4096).await;
     let target = |len: usize| format!("/kestra/{}", "a".repeat(len - "/kestra/".len()));
     let request = |target: &str| {
         format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").into_bytes()
@@ -576,7 +576,7 @@ async fn time_to_close(gateway: &RunningGateway, prefix: &[u8], drip: bool) -> D
 #[tokio::test]
 async fn slow_clients_are_disconnected_at_the_header_timeout() {
     let timeout = Duration::from_millis(300);
-    let (upstream, gateway) = recorded(|c| c.header_timeout = timeout).await;
+    let (upstream, gateway) = recorded(|c| c.listener.header_timeout = timeout).await;
     let cases: [(&str, &[u8], bool); 4] = [
         ("silent", b"", false),
         ("half an HTTP/2 preface", b"PRI * HTTP/2.0\r\n", false),
@@ -619,7 +619,7 @@ async fn slow_clients_are_disconnected_at_the_header_timeout() {
 #[tokio::test]
 async fn a_client_within_the_header_timeout_is_served() {
     // The counterpart of the slow-client test: slow, but within the limit.
-    let (upstream, gateway) = recorded(|c| c.header_timeout = 2 * SECOND).await;
+    let (upstream, gateway) = recorded(|c| c.listener.header_timeout = 2 * SECOND).await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     for part in [
         &b"GET /kestra/a HT"[..],
@@ -714,7 +714,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_errors_or_r
         }
     });
     let mut config = GatewayConfig::for_upstream(url);
-    config.workers = std::num::NonZeroUsize::MIN;
+    config.listener.workers = std::num::NonZeroUsize::MIN;
     let gateway = RunningGateway::start(config).await;
     let pooled = reqwest::Client::builder().build().unwrap();
     let total = 300;

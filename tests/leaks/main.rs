@@ -123,10 +123,10 @@ async fn run(stack: &Stack, client: &reqwest::Client, kind: Abort, seed: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_client_aborts_leave_no_descriptor_connection_or_stream_behind() {
     let stack = Stack::start_with(|c| {
-        c.context_path = Some("/kestra".to_owned());
+        c.prefix.context_path = Some("/kestra".to_owned());
         // Idle pooled upstream connections close quickly, so "back to baseline" means zero.
-        c.upstream_idle_timeout = Duration::from_millis(200);
-        c.header_timeout = Duration::from_millis(500);
+        c.upstream.idle_timeout = Duration::from_millis(200);
+        c.listener.header_timeout = Duration::from_millis(500);
     })
     .await;
     let settled = |stack: &Stack| {

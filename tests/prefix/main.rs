@@ -12,8 +12,8 @@ const LIMIT: Duration = Duration::from_secs(5);
 /// Kestra with `micronaut.server.context-path: /kestra`, the gateway keeping the prefix.
 async fn keep() -> Stack {
     Stack::start_with(|c| {
-        c.context_path = Some("/kestra".to_owned());
-        c.prefix_mode = PrefixModeArg::Keep;
+        c.prefix.context_path = Some("/kestra".to_owned());
+        c.prefix.mode = PrefixModeArg::Keep;
     })
     .await
 }
@@ -25,8 +25,8 @@ async fn strip() -> Stack {
         ..StandinConfig::default()
     };
     Stack::start_standin_with(standin, |c| {
-        c.context_path = Some("/kestra".to_owned());
-        c.prefix_mode = PrefixModeArg::Strip;
+        c.prefix.context_path = Some("/kestra".to_owned());
+        c.prefix.mode = PrefixModeArg::Strip;
     })
     .await
 }

@@ -260,7 +260,7 @@ async fn host_is_kept_or_replaced() {
     );
     assert_eq!(echo.version, "HTTP/1.1");
 
-    let upstream_host = Stack::start_with(|c| c.host_header = HostHeader::Upstream).await;
+    let upstream_host = Stack::start_with(|c| c.upstream.host_header = HostHeader::Upstream).await;
     let echo = echo_raw(
         &upstream_host,
         "GET /kestra/api/v1/echo/host HTTP/1.1\r\nHost: kestra.example.com\r\nConnection: close\r\n\r\n",
@@ -297,7 +297,7 @@ async fn silent_upstream_is_504_after_the_read_timeout() {
     })
     .await;
     let mut config = GatewayConfig::for_upstream(upstream.url());
-    config.read_timeout = Duration::from_millis(300);
+    config.upstream.read_timeout = Duration::from_millis(300);
     let gateway = RunningGateway::start(config).await;
     let started = Instant::now();
     let response = client()
@@ -323,7 +323,7 @@ async fn silent_upstream_is_504_after_the_read_timeout() {
 async fn read_timeout_counts_from_the_last_request_byte() {
     // The upload takes ~1 s, more than three read timeouts: it must not be answered 504,
     // because the upstream cannot answer before the body is complete.
-    let stack = Stack::start_with(|c| c.read_timeout = Duration::from_millis(300)).await;
+    let stack = Stack::start_with(|c| c.upstream.read_timeout = Duration::from_millis(300)).await;
     let body = futures_util::stream::unfold(0u32, |sent| async move {
         if sent == 10 {
             return None;
@@ -367,7 +367,7 @@ async fn upstream_that_closes_without_answering_is_502_and_not_retried() {
 
 #[tokio::test]
 async fn upstream_silent_mid_body_aborts_the_client_transfer() {
-    let stack = Stack::start_with(|c| c.read_timeout = Duration::from_millis(300)).await;
+    let stack = Stack::start_with(|c| c.upstream.read_timeout = Duration::from_millis(300)).await;
     let response = client()
         .get(stack.url("/kestra/api/v1/slow?body_ms=3000"))
         .send()
@@ -383,7 +383,7 @@ async fn upstream_silent_mid_body_aborts_the_client_transfer() {
 #[tokio::test]
 async fn a_client_that_stalls_longer_than_the_read_timeout_still_gets_everything() {
     // The read timeout limits upstream silence; a reader that pauses is backpressure.
-    let stack = Stack::start_with(|c| c.read_timeout = Duration::from_millis(200)).await;
+    let stack = Stack::start_with(|c| c.upstream.read_timeout = Duration::from_millis(200)).await;
     const LEN: usize = 64 << 20;
     let mut stream = tokio::net::TcpStream::connect(stack.gateway.addr)
         .await

@@ -88,7 +88,7 @@ async fn events_arrive_one_by_one_with_sse_headers() {
 
 #[tokio::test]
 async fn compression_never_touches_event_streams() {
-    let stack = Stack::start_with(|c| c.compression = true).await;
+    let stack = Stack::start_with(|c| c.streams.compression = true).await;
     // An ordinary response is compressed…
     let echo = client()
         .get(stack.url("/kestra/api/v1/echo/compressible"))
@@ -110,7 +110,7 @@ async fn compression_never_touches_event_streams() {
 
 #[tokio::test]
 async fn heartbeats_fill_quiet_gaps_between_events() {
-    let stack = Stack::start_with(|c| c.sse_heartbeat = Duration::from_millis(100)).await;
+    let stack = Stack::start_with(|c| c.streams.sse_heartbeat = Duration::from_millis(100)).await;
     let (blocks, result) = blocks(follow(&stack, "events=2&interval_ms=450").await).await;
     result.unwrap();
     let heartbeats = blocks.iter().filter(|(b, _)| b == ":").count();
@@ -129,8 +129,8 @@ async fn heartbeats_fill_quiet_gaps_between_events() {
 async fn a_quiet_stream_outlives_the_read_timeout() {
     // Kestra sends no heartbeat: gaps longer than the read timeout must not cut the stream.
     let stack = Stack::start_with(|c| {
-        c.read_timeout = Duration::from_millis(150);
-        c.sse_heartbeat = Duration::ZERO;
+        c.upstream.read_timeout = Duration::from_millis(150);
+        c.streams.sse_heartbeat = Duration::ZERO;
     })
     .await;
     let (blocks, result) = blocks(follow(&stack, "events=2&interval_ms=400").await).await;
@@ -141,8 +141,8 @@ async fn a_quiet_stream_outlives_the_read_timeout() {
 #[tokio::test]
 async fn an_idle_stream_ends_cleanly() {
     let stack = Stack::start_with(|c| {
-        c.sse_heartbeat = Duration::from_millis(100);
-        c.sse_idle_timeout = Duration::from_millis(400);
+        c.streams.sse_heartbeat = Duration::from_millis(100);
+        c.streams.sse_idle_timeout = Duration::from_millis(400);
     })
     .await;
     let started = Instant::now();
@@ -157,7 +157,8 @@ async fn an_idle_stream_ends_cleanly() {
 
 #[tokio::test]
 async fn the_lifetime_cap_ends_with_a_retry() {
-    let stack = Stack::start_with(|c| c.sse_max_lifetime = Some(Duration::from_millis(300))).await;
+    let stack =
+        Stack::start_with(|c| c.streams.sse_max_lifetime = Some(Duration::from_millis(300))).await;
     let (blocks, result) = blocks(follow(&stack, "events=0&interval_ms=50").await).await;
     result.unwrap();
     let (last, _) = blocks.last().unwrap();
@@ -205,7 +206,7 @@ async fn last_event_id_passes_untouched() {
 #[test]
 fn gateway_defaults_guard_streams() {
     let config = GatewayConfig::for_upstream("http://127.0.0.1:9");
-    assert_eq!(config.sse_heartbeat, Duration::from_secs(15));
-    assert_eq!(config.sse_idle_timeout, Duration::from_secs(3600));
-    assert_eq!(config.sse_max_lifetime, None);
+    assert_eq!(config.streams.sse_heartbeat, Duration::from_secs(15));
+    assert_eq!(config.streams.sse_idle_timeout, Duration::from_secs(3600));
+    assert_eq!(config.streams.sse_max_lifetime, None);
 }

@@ -181,7 +181,8 @@ async fn malformed_websocket_upgrades_are_400() {
 #[tokio::test]
 async fn a_silent_tunnel_is_closed_at_the_idle_timeout() {
     let stack =
-        Stack::start_with(|c| c.tunnel_idle_timeout = Some(Duration::from_millis(300))).await;
+        Stack::start_with(|c| c.streams.tunnel_idle_timeout = Some(Duration::from_millis(300)))
+            .await;
     let mut socket = ws(&stack).await;
     assert!(eventually(LIMIT, || stack.standin.stats().open_websockets() == 1).await);
     assert!(eventually(LIMIT, || stack.gateway.tunnels.open() == 1).await);

@@ -42,10 +42,26 @@ async fn main() -> ExitCode {
     };
     let upstream = gateway
         .standin()
-        .map_or_else(|| config.upstream.clone(), |s| s.url());
-    tracing::info!(listen = %addr, %upstream, "kestra-edge ready");
+        .map_or_else(|| config.upstream.url.clone(), |s| s.url());
+    let scheme = gateway.scheme();
+    tracing::info!(listen = %addr, %scheme, %upstream, "kestra-edge ready");
+    if let Some(redirect) = gateway.redirect_addr() {
+        tracing::info!(listen = %redirect, "redirecting plain HTTP to HTTPS");
+    }
+    if let Some(generated) = gateway.self_signed() {
+        tracing::info!(
+            sha256 = %generated.fingerprint,
+            "serving a self-signed certificate for localhost"
+        );
+    }
+    #[cfg(unix)]
+    reload_on_sighup(gateway.cert_reloader());
     if gateway.standin().is_some() {
-        print_demo(addr);
+        print_demo(
+            addr,
+            scheme,
+            gateway.self_signed().map(|s| s.fingerprint.as_str()),
+        );
     }
     match gateway.serve(shutdown_signal()).await {
         Ok(()) => {
@@ -88,17 +104,47 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reloads the certificate files on each SIGHUP (they are also watched on disk).
+#[cfg(unix)]
+fn reload_on_sighup(reloader: Option<std::sync::Arc<kestra_edge::tls::CertReloader>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match &reloader {
+                Some(reloader) => reloader.reload_and_log("SIGHUP"),
+                None => tracing::info!("SIGHUP: no certificate files to reload"),
+            }
+        }
+    });
+}
+
 #[allow(clippy::print_stdout)]
-fn print_demo(addr: SocketAddr) {
+fn print_demo(addr: SocketAddr, scheme: &str, fingerprint: Option<&str>) {
+    let (host, curl) = match fingerprint {
+        // The certificate names localhost; -k because nothing trusts a self-signed one.
+        Some(_) => (format!("localhost:{}", addr.port()), "curl -k --http2"),
+        None => (addr.to_string(), "curl"),
+    };
+    let base = format!("{scheme}://{host}/kestra");
+    if let Some(fingerprint) = fingerprint {
+        println!("\nself-signed certificate for localhost, SHA-256 {fingerprint}");
+    }
     println!(
-        "\nkestra-edge demo: a Kestra stand-in behind the gateway at http://{addr}/kestra/\n\n\
+        "\nkestra-edge demo: a Kestra stand-in behind the gateway at {base}/\n\n\
          Try:\n  \
-         curl -i http://{addr}/kestra/ping\n  \
-         curl -i http://{addr}/kestra/\n  \
-         curl -s http://{addr}/kestra/api/v1/echo/hello?a=1 -d 'some body'\n  \
-         curl -N http://{addr}/kestra/api/v1/main/executions/demo-1/follow\n  \
-         curl -N 'http://{addr}/kestra/api/v1/main/logs/demo-1/follow?events=5&interval_ms=1000'\n  \
-         curl -s -o /dev/null -w '%{{size_download}} bytes\\n' 'http://{addr}/kestra/api/v1/download?bytes=104857600'\n\n\
+         {curl} -i {base}/ping\n  \
+         {curl} -i {base}/\n  \
+         {curl} -s {base}/api/v1/echo/hello?a=1 -d 'some body'\n  \
+         {curl} -N {base}/api/v1/main/executions/demo-1/follow\n  \
+         {curl} -N '{base}/api/v1/main/logs/demo-1/follow?events=5&interval_ms=1000'\n  \
+         {curl} -s -o /dev/null -w '%{{size_download}} bytes\\n' '{base}/api/v1/download?bytes=104857600'\n\n\
          Ctrl-C stops it.\n"
     );
 }

@@ -1,0 +1,397 @@
+//! The gateway's configuration, one module per concern (like the crates): each has its
+//! flags (`clap`, with their environment variables), its keys in the TOML file, and its
+//! resolved settings. A flag beats its variable, which beats the file, which beats the
+//! default.
+
+use bytesize::ByteSize;
+use clap::Parser;
+use serde::Deserialize;
+use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
+
+mod forwarded;
+mod listener;
+mod prefix;
+mod streams;
+mod tls;
+mod upstream;
+
+pub use forwarded::{ForwardedArgs, ForwardedConfig, ForwardedHeader};
+pub use listener::{ListenerArgs, ListenerConfig};
+pub use prefix::{PrefixArgs, PrefixConfig, PrefixModeArg};
+pub use streams::{StreamsArgs, StreamsConfig};
+pub use tls::{CertSource, TlsArgs, TlsConfig};
+pub use upstream::{HostHeader, UpstreamArgs, UpstreamConfig};
+
+/// The reverse proxy in front of Kestra.
+///
+/// Every flag can also be set with its environment variable or in the TOML file given by
+/// `--config` (keys are the flag names with `_` for `-`); a flag beats its variable, which
+/// beats the file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "kestra-edge", version, about, long_about = None)]
+pub struct Args {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "KESTRA_EDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub listener: ListenerArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub upstream: UpstreamArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub forwarded: ForwardedArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub prefix: PrefixArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub streams: StreamsArgs,
+    /// Start a Kestra stand-in on a free port and front it (ignores --upstream).
+    #[arg(long, env = "KESTRA_EDGE_DEMO")]
+    pub demo: bool,
+}
+
+/// The TOML file: every concern's keys side by side at the top level.
+#[derive(Debug, Default, Deserialize)]
+struct FileConfig {
+    #[serde(flatten)]
+    listener: listener::ListenerFile,
+    #[serde(flatten)]
+    tls: tls::TlsFile,
+    #[serde(flatten)]
+    upstream: upstream::UpstreamFile,
+    #[serde(flatten)]
+    forwarded: forwarded::ForwardedFile,
+    #[serde(flatten)]
+    prefix: prefix::PrefixFile,
+    #[serde(flatten)]
+    streams: streams::StreamsFile,
+    demo: Option<bool>,
+    /// What no concern took: refused, so that a misspelt key is not silently ignored.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+/// Durations on the command line: `600s`, `2m`, `1h 30m`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// Durations in the TOML file are humantime strings (`"600s"`, `"2m"`).
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A size as a `usize` (saturating on 32-bit targets).
+fn byte_count(size: ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The `--config` file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The `--config` file has keys no setting has.
+    #[error("invalid config file {path}: unknown keys {keys:?}")]
+    UnknownKeys {
+        /// The file.
+        path: PathBuf,
+        /// The keys.
+        keys: Vec<String>,
+    },
+    /// The stack refused the settings.
+    #[error(transparent)]
+    Build(#[from] kestra_edge::BuildError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] kestra_edge::tls::TlsError),
+    /// A setting is out of its range.
+    #[error("{setting} {reason}")]
+    OutOfRange {
+        /// The setting's flag name.
+        setting: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// Settings that cannot go together.
+    #[error("{0}")]
+    Conflict(&'static str),
+}
+
+/// The resolved settings of a gateway, by concern.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The listener.
+    pub listener: ListenerConfig,
+    /// TLS on the listener.
+    pub tls: TlsConfig,
+    /// Kestra's webserver.
+    pub upstream: UpstreamConfig,
+    /// What the upstream is told about the client.
+    pub forwarded: ForwardedConfig,
+    /// The context path.
+    pub prefix: PrefixConfig,
+    /// SSE streams, tunnels, compression.
+    pub streams: StreamsConfig,
+    /// See `--demo`.
+    pub demo: bool,
+}
+
+impl GatewayConfig {
+    /// Defaults for fronting `upstream`, listening on `127.0.0.1:0`: what tests start from.
+    pub fn for_upstream(upstream: impl Into<String>) -> Self {
+        let mut config = Self::resolve(Args::default(), FileConfig::default());
+        config.listener.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.upstream.url = upstream.into();
+        config
+    }
+
+    /// Merges flags and environment (already in `args`) over the `--config` file over the
+    /// defaults.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let file: FileConfig =
+                    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: path.clone(),
+                        source: Box::new(source),
+                    })?;
+                if !file.unknown.is_empty() {
+                    return Err(ConfigError::UnknownKeys {
+                        path: path.clone(),
+                        keys: file.unknown.into_keys().collect(),
+                    });
+                }
+                file
+            }
+            None => FileConfig::default(),
+        };
+        Ok(Self::resolve(args, file))
+    }
+
+    fn resolve(args: Args, file: FileConfig) -> Self {
+        Self {
+            listener: ListenerConfig::resolve(args.listener, file.listener),
+            tls: TlsConfig::resolve(args.tls, file.tls),
+            upstream: UpstreamConfig::resolve(args.upstream, file.upstream),
+            forwarded: ForwardedConfig::resolve(args.forwarded, file.forwarded),
+            prefix: PrefixConfig::resolve(args.prefix, file.prefix),
+            streams: StreamsConfig::resolve(args.streams, file.streams),
+            demo: args.demo || file.demo.unwrap_or(false),
+        }
+    }
+
+    /// Refuses settings that cannot run, before anything is bound.
+    pub fn validate(&self) -> Result<Option<CertSource>, ConfigError> {
+        self.listener.validate()?;
+        self.tls.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> GatewayConfig {
+        let args = Args::try_parse_from(std::iter::once("kestra-edge").chain(args.iter().copied()))
+            .unwrap();
+        GatewayConfig::from_args(args).unwrap()
+    }
+
+    fn with_file(text: &str, args: &[&str]) -> Result<GatewayConfig, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "kestra-edge-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let path_arg = path.to_str().unwrap().to_owned();
+        let argv = ["kestra-edge", "--config", path_arg.as_str()]
+            .into_iter()
+            .chain(args.iter().copied());
+        let result = GatewayConfig::from_args(Args::try_parse_from(argv).unwrap());
+        std::fs::remove_file(path).unwrap();
+        result
+    }
+
+    #[test]
+    fn tls_and_http2_flags_are_parsed() {
+        let c = parse(&[
+            "--tls-cert",
+            "/etc/tls/tls.crt",
+            "--tls-key",
+            "/etc/tls/tls.key",
+            "--redirect-http",
+            "0.0.0.0:80",
+            "--h2-idle-timeout",
+            "90s",
+            "--h2-max-streams",
+            "64",
+            "--upstream",
+            "https://kestra.internal:8443",
+            "--upstream-ca",
+            "/etc/ca/a.pem",
+            "--upstream-ca",
+            "/etc/ca/b.pem,/etc/ca/c.pem",
+        ]);
+        assert_eq!(
+            c.tls.source().unwrap(),
+            Some(CertSource::Files {
+                cert: "/etc/tls/tls.crt".into(),
+                key: "/etc/tls/tls.key".into()
+            })
+        );
+        assert_eq!(c.tls.redirect_http, Some("0.0.0.0:80".parse().unwrap()));
+        assert_eq!(c.listener.h2_idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.listener.h2_max_streams, 64);
+        assert_eq!(c.upstream.url, "https://kestra.internal:8443");
+        let ca: Vec<PathBuf> = ["/etc/ca/a.pem", "/etc/ca/b.pem", "/etc/ca/c.pem"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(c.upstream.ca, ca);
+
+        let c = parse(&["--tls-self-signed"]);
+        assert_eq!(c.tls.source().unwrap(), Some(CertSource::SelfSigned));
+        let c = parse(&[]);
+        assert_eq!(c.tls.source().unwrap(), None);
+        assert_eq!(c.listener.h2_idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.listener.h2_max_streams, 128);
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_go_together_are_refused() {
+        for (args, message) in [
+            (&["--tls-cert", "a.crt"][..], "--tls-cert needs --tls-key"),
+            (&["--tls-key", "a.key"][..], "--tls-key needs --tls-cert"),
+            (
+                &["--tls-self-signed", "--tls-cert", "a", "--tls-key", "b"][..],
+                "cannot be combined",
+            ),
+            (
+                &["--redirect-http", "127.0.0.1:0"][..],
+                "--redirect-http needs TLS",
+            ),
+        ] {
+            let err = parse(args).validate().unwrap_err();
+            assert!(err.to_string().contains(message), "{args:?}: {err}");
+        }
+        let err = parse(&["--h2-max-streams", "0"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--h2-max-streams"), "{err}");
+    }
+
+    #[test]
+    fn the_file_sets_every_concern_and_flags_beat_it() {
+        let c = with_file(
+            r#"
+                tls_cert = "/f/tls.crt"
+                tls_key = "/f/tls.key"
+                redirect_http = "127.0.0.1:8080"
+                h2_idle_timeout = "2m"
+                h2_max_streams = 32
+                upstream = "https://kestra:8443"
+                upstream_ca = ["/f/ca.pem"]
+                read_timeout = "10m"
+                context_path = "/kestra"
+            "#,
+            &["--h2-max-streams", "16"],
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.cert_file.as_deref(),
+            Some(std::path::Path::new("/f/tls.crt"))
+        );
+        assert_eq!(
+            c.tls.key_file.as_deref(),
+            Some(std::path::Path::new("/f/tls.key"))
+        );
+        assert_eq!(c.tls.redirect_http, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.listener.h2_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.listener.h2_max_streams, 16);
+        assert_eq!(c.upstream.url, "https://kestra:8443");
+        assert_eq!(c.upstream.ca, [PathBuf::from("/f/ca.pem")]);
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(600));
+        assert_eq!(c.prefix.context_path.as_deref(), Some("/kestra"));
+        let c = with_file("tls_self_signed = true", &[]).unwrap();
+        assert!(c.tls.self_signed);
+    }
+
+    #[test]
+    fn a_misspelt_file_key_is_refused_by_name() {
+        let err = with_file("tls_certificate = \"x\"\nread_timeout = \"1s\"", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKeys { .. }), "{err}");
+        assert!(err.to_string().contains("tls_certificate"), "{err}");
+        assert!(!err.to_string().contains("read_timeout"), "{err}");
+    }
+
+    /// A flag is done when it works from the command line, the environment and the file,
+    /// and the README's flag table names it with its variable.
+    #[test]
+    fn every_flag_has_a_variable_a_file_key_and_a_readme_row() {
+        let readme = include_str!("../../../../README.md");
+        let command = Args::command();
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().and_then(|e| e.to_str());
+            let env = env.unwrap_or_else(|| panic!("--{long} has no environment variable"));
+            let row = readme
+                .lines()
+                .find(|line| line.starts_with(&format!("| `--{long}")))
+                .unwrap_or_else(|| panic!("README's flag table has no row for --{long}"));
+            assert!(
+                row.contains(env),
+                "README row of --{long} does not name {env}"
+            );
+            checked += 1;
+            if long == "config" {
+                continue;
+            }
+            // A known key may fail on its value's type, but is never an unknown key.
+            let key = arg.get_id().as_str();
+            let text = format!("{key} = \"not-a-valid-value-for-most-keys\"");
+            let file: Result<FileConfig, _> = toml::from_str(&text);
+            if let Ok(file) = file {
+                assert!(file.unknown.is_empty(), "--{long}: {key} is not a file key");
+            }
+        }
+        assert!(checked >= 30, "only {checked} flags found");
+    }
+}
