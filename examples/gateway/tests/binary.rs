@@ -333,3 +333,339 @@ async fn tunnels_still_open_at_the_grace_deadline_are_closed() {
     .await;
     assert!(released.is_ok(), "the upstream WebSocket was not released");
 }
+
+/// A rustls client that trusts exactly the certificate whose SHA-256 is `fingerprint` (the
+/// one `--tls-self-signed` prints), as a user pinning it would.
+mod pinned {
+    use rustls::{
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        pki_types::{CertificateDer, ServerName, UnixTime},
+        DigitallySignedStruct, SignatureScheme,
+    };
+    use sha2::{Digest, Sha256};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    pub(super) struct Pinned {
+        fingerprint: String,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+
+    pub(super) fn client(fingerprint: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(Pinned {
+            fingerprint: fingerprint.to_owned(),
+            provider: provider.clone(),
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    impl ServerCertVerifier for Pinned {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let digest = Sha256::digest(end_entity.as_ref());
+            let text: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+            if text.join(":") == self.fingerprint {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General("fingerprint mismatch".into()))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+}
+
+/// Opens a TLS connection and returns the leaf certificate's DER and an HTTP/2 sender.
+async fn h2_over_tls(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> (
+    Vec<u8>,
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    (leaf, send)
+}
+
+fn get(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(format!("https://localhost{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn demo_with_a_self_signed_certificate_serves_https_and_http2() {
+    use http_body_util::BodyExt;
+    let mut running = spawn(
+        &["--demo", "--tls-self-signed", "--listen", "127.0.0.1:0"],
+        &[],
+    )
+    .await;
+    let banner = tokio::time::timeout(LIMIT, async {
+        let mut banner = String::new();
+        while let Some(line) = running.stdout.recv().await {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("Ctrl-C") {
+                break;
+            }
+        }
+        banner
+    })
+    .await
+    .unwrap();
+    let fingerprint = banner
+        .lines()
+        .find_map(|l| l.split("SHA-256 ").nth(1))
+        .expect("the banner shows the fingerprint")
+        .trim()
+        .to_owned();
+    assert_eq!(fingerprint.len(), 95, "{fingerprint}");
+    let port = running.addr.port();
+    assert!(
+        banner.contains(&format!("curl -k --http2 -N https://localhost:{port}/kestra/api/v1/")),
+        "{banner}"
+    );
+
+    // A client pinning the printed fingerprint gets HTTP/2 and the demo's stream.
+    let (_, mut send) = h2_over_tls(running.addr, pinned::client(&fingerprint, &[b"h2"])).await;
+    let response = send.send_request(get("/kestra/ping")).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"pong");
+    let follow = "/kestra/api/v1/main/executions/demo-1/follow?events=2&interval_ms=50";
+    let response = send.send_request(get(follow)).await.unwrap();
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    let ids: Vec<&str> = std::str::from_utf8(&text)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(ids, ["start", "progress", "progress", "end"]);
+
+    // A wrong pin is refused: the check can fail.
+    let wrong = fingerprint.replace(&fingerprint[..2], if &fingerprint[..2] == "00" { "01" } else { "00" });
+    let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let refused = tokio_rustls::TlsConnector::from(pinned::client(&wrong, &[b"h2"]))
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err());
+
+    sigterm(&running.child);
+    assert_eq!(exit_code(&mut running.child).await, Some(0));
+}
+
+/// A private CA and `n` localhost certificates it signed: (CA DER, [(cert PEM, key PEM, DER)]).
+fn pki(n: usize) -> (rustls::pki_types::CertificateDer<'static>, Vec<(String, String, Vec<u8>)>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let leaves = (0..n)
+        .map(|_| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        })
+        .collect();
+    (ca.der().clone(), leaves)
+}
+
+fn trusting(ca: &rustls::pki_types::CertificateDer<'static>) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    std::sync::Arc::new(config)
+}
+
+fn sighup(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_open_streams_run_to_their_end() {
+    use http_body_util::BodyExt;
+    let (ca, leaves) = pki(2);
+    // The files the gateway is given are symlinks into a directory it does not watch, so
+    // only SIGHUP can make it see a change there.
+    let base = std::env::temp_dir().join(format!("kestra-edge-sighup-{}", std::process::id()));
+    let (given, real) = (base.join("given"), base.join("real"));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&given).unwrap();
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("cert.pem"), &leaves[0].0).unwrap();
+    std::fs::write(real.join("key.pem"), &leaves[0].1).unwrap();
+    std::os::unix::fs::symlink(real.join("cert.pem"), given.join("tls.crt")).unwrap();
+    std::os::unix::fs::symlink(real.join("key.pem"), given.join("tls.key")).unwrap();
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let (cert, key) = (given.join("tls.crt"), given.join("tls.key"));
+    // Certificate and key through the environment, the rest as flags.
+    let mut running = spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &standin.url(), "--workers", "1"],
+        &[
+            ("KESTRA_EDGE_TLS_CERT", cert.to_str().unwrap()),
+            ("KESTRA_EDGE_TLS_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let client = trusting(&ca);
+    let (leaf, mut send) = h2_over_tls(running.addr, client.clone()).await;
+    assert_eq!(leaf, leaves[0].2);
+    let follow = "/kestra/api/v1/main/executions/e/follow?events=8&interval_ms=150";
+    let mut stream = send.send_request(get(follow)).await.unwrap().into_body();
+    assert!(stream.frame().await.unwrap().is_ok());
+
+    std::fs::write(real.join("key.pem"), &leaves[1].1).unwrap();
+    std::fs::write(real.join("cert.pem"), &leaves[1].0).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h2_over_tls(running.addr, client.clone()).await.0, leaves[0].2);
+    sighup(&running.child);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while h2_over_tls(running.addr, client.clone()).await.0 != leaves[1].2 {
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reloaded = tokio::time::timeout(LIMIT, async {
+        while let Some(line) = running.stderr.recv().await {
+            if line.contains("TLS certificate reloaded") && line.contains("SIGHUP") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(reloaded.is_ok(), "no reload log line naming SIGHUP");
+
+    // A broken key on the next SIGHUP is refused with an error line; the pair stays.
+    std::fs::write(real.join("key.pem"), "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+    sighup(&running.child);
+    let refused = tokio::time::timeout(LIMIT, async {
+        while let Some(line) = running.stderr.recv().await {
+            if line.contains("refused the new TLS certificate") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap();
+    assert!(refused.contains("key.pem") || refused.contains("tls.key"), "{refused}");
+    assert_eq!(h2_over_tls(running.addr, client.clone()).await.0, leaves[1].2);
+
+    // The stream opened before both reloads reaches its end.
+    let rest = tokio::time::timeout(LIMIT, stream.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("id: end"));
+
+    sigterm(&running.child);
+    assert_eq!(exit_code(&mut running.child).await, Some(0));
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_certificate_at_start_up_exits_non_zero_naming_the_file() {
+    let (_, leaves) = pki(2);
+    let dir = std::env::temp_dir().join(format!("kestra-edge-badstart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("good.crt"), &leaves[0].0).unwrap();
+    std::fs::write(dir.join("mismatched.key"), &leaves[1].1).unwrap();
+    let cert = dir.join("good.crt");
+    let key = dir.join("mismatched.key");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kestra-edge"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(LIMIT, command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mismatched.key"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
