@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Real third-party tools against the kestra-edge binary (--demo: the stand-in behind it),
 # all on 127.0.0.1: curl --path-as-is, slowhttptest (slowloris and slow body), h2load
-# (h2c), and python h11/h2 (scripts/real_tools.py). Exits non-zero on the first failure.
-# Needs: apt-get install curl slowhttptest nghttp2-client; pip install h11 h2
+# (h2c and over TLS), openssl s_client and curl --http2 against --tls-self-signed, and
+# python h11/h2 (scripts/real_tools.py). Exits non-zero when a check failed.
+# Needs: apt-get install curl openssl slowhttptest nghttp2-client; pip install h11 h2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p kestra-edge-gateway
@@ -56,6 +57,45 @@ for mode in -H -B; do
   expect "a request during slowhttptest $mode" 200 "$(status "$base/kestra/ping")"
   echo "$out" | grep -q 'service available:.*NO' && { echo "FAIL service unavailable under $mode"; failed=1; }
 done
+
+echo "== TLS: a second gateway with --tls-self-signed and --redirect-http"
+tls_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redirect_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+tls_base="https://localhost:$tls_port"
+target/release/kestra-edge --demo --tls-self-signed --listen "127.0.0.1:$tls_port" \
+  --redirect-http "127.0.0.1:$redirect_port" --shutdown-grace 1s &
+tls_gateway=$!
+trap 'kill $gateway $tls_gateway 2>/dev/null; wait $gateway $tls_gateway 2>/dev/null' EXIT
+for _ in $(seq 100); do curl -sk -o /dev/null "$tls_base/kestra/ping" && break; sleep 0.1; done
+s_client() { timeout 10 openssl s_client -connect "127.0.0.1:$tls_port" -servername localhost "$@" </dev/null 2>&1 || true; }
+for version in tls1_2 tls1_3; do
+  out=$(s_client -"$version" -alpn h2,http/1.1)
+  expect "openssl s_client -$version: ALPN" "ALPN protocol: h2" "$(echo "$out" | grep -o 'ALPN protocol: .*' | head -1)"
+  echo "     $(echo "$out" | grep -E '^New, ' | head -1)"
+done
+expect "openssl s_client -alpn http/1.1" "ALPN protocol: http/1.1" \
+  "$(s_client -alpn http/1.1 | grep -o 'ALPN protocol: .*' | head -1)"
+for version in tls1 tls1_1; do
+  # SECLEVEL=0 lets OpenSSL 3 offer the old version at all; the server must refuse it.
+  out=$(s_client -"$version" -cipher 'DEFAULT@SECLEVEL=0')
+  if echo "$out" | grep -qE 'alert (handshake failure|protocol version)'; then
+    echo "ok   openssl s_client -$version refused ($(echo "$out" | grep -oE 'alert [a-z ]+' | head -1))"
+  else
+    echo "FAIL openssl s_client -$version was not refused"; echo "$out" | head -20; failed=1
+  fi
+done
+expect "curl --http2 over TLS" "2 200" "$(curl -sk --http2 -o /dev/null -w '%{http_version} %{http_code}' "$tls_base/kestra/ping")"
+expect "curl --http1.1 over TLS" "1.1 200" "$(curl -sk --http1.1 -o /dev/null -w '%{http_version} %{http_code}' "$tls_base/kestra/ping")"
+expect "curl: https in X-Forwarded-Proto" '"https"' \
+  "$(curl -sk --http2 "$tls_base/kestra/api/v1/echo/x" | python3 -c 'import json,sys; h=dict(json.load(sys.stdin)["headers"]); print(json.dumps(h["x-forwarded-proto"]))')"
+expect "plain HTTP on the TLS port" 400 "$(status "http://127.0.0.1:$tls_port/kestra/ping")"
+expect "redirect listener" "308 https://localhost:$tls_port/kestra/ui/?a=1%2F2" \
+  "$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' -H 'Host: localhost' "http://127.0.0.1:$redirect_port/kestra/ui/?a=1%2F2")"
+out=$(h2load -n 20000 -c 16 -m 8 "$tls_base/kestra/ping")
+echo "$out" | grep -E '^(finished|requests|status codes|TLS Protocol|Application protocol)'
+echo "$out" | grep -q 'requests: 20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, 0 errored' \
+  || { echo "FAIL h2load over TLS"; failed=1; }
+echo "$out" | grep -q 'Application protocol: h2' || { echo "FAIL h2load did not negotiate h2"; failed=1; }
 
 echo "== python h11/h2"
 python3 scripts/real_tools.py 127.0.0.1 "$port" || failed=1

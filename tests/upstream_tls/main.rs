@@ -316,3 +316,24 @@ fn chunks_of(
         rx.recv().await.map(|item| (item, rx))
     })
 }
+
+/// The binary's configuration: `--upstream https://…` with `--upstream-ca`, through the
+/// gateway's own `Gateway`.
+#[tokio::test]
+async fn the_gateway_wires_upstream_ca_and_fails_closed_without_it() {
+    let ca = Ca::new("gateway CA");
+    let upstream = TlsUpstream::start(ca.leaf(&["localhost"], false)).await;
+    for (trusted, expected) in [(true, StatusCode::OK), (false, StatusCode::BAD_GATEWAY)] {
+        let mut config = kestra_edge_gateway::GatewayConfig::for_upstream(upstream.url());
+        if trusted {
+            config.upstream.ca = vec![ca.path().to_owned()];
+        }
+        let gateway = kestra_edge_tests::RunningGateway::start(config).await;
+        let response = client()
+            .get(gateway.url("/api/v1/flows"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "trusted: {trusted}");
+    }
+}
