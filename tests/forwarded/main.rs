@@ -43,16 +43,28 @@ async fn an_untrusted_client_cannot_choose_its_address() {
     assert_eq!(one(&echo, "x-forwarded-proto"), "http");
     assert_eq!(one(&echo, "x-forwarded-protocol"), "http");
     assert_eq!(one(&echo, "x-forwarded-host"), "kestra.example.com");
-    assert_eq!(
-        one(&echo, "x-forwarded-port"),
-        stack.gateway.addr.port().to_string()
-    );
+    // The port the client addressed (none in Host: 80), never the gateway's listening port.
+    assert_eq!(one(&echo, "x-forwarded-port"), "80");
     assert_eq!(
         one(&echo, "forwarded"),
         "for=127.0.0.1;proto=http;host=kestra.example.com"
     );
     assert!(echo.header_values("x-forwarded-prefix").is_empty());
     assert!(echo.headers.iter().all(|(n, _)| !n.contains('_')));
+}
+
+#[tokio::test]
+async fn behind_a_port_mapping_kestra_is_told_the_port_the_client_used() {
+    // Docker's `-p 8080:<gateway port>`: the browser addressed 8080.
+    let stack = Stack::start().await;
+    let echo = echo(stack.gateway.addr, "Host: kestra.example.com:8080\r\n").await;
+    assert_ne!(stack.gateway.addr.port(), 8080);
+    assert_eq!(one(&echo, "x-forwarded-host"), "kestra.example.com:8080");
+    assert_eq!(one(&echo, "x-forwarded-port"), "8080");
+    assert_eq!(
+        one(&echo, "forwarded"),
+        "for=127.0.0.1;proto=http;host=\"kestra.example.com:8080\""
+    );
 }
 
 #[tokio::test]
