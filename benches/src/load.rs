@@ -1,9 +1,12 @@
-//! HTTP/1.1 load: keep-alive clients, one connection per request (churn), and large uploads.
+//! HTTP/1.1 load: keep-alive clients, one connection per request (churn), and large uploads,
+//! over plain TCP or TLS.
 
+use crate::tls::TlsClient;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::{
     convert::Infallible,
@@ -54,13 +57,18 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!())
 }
 
-/// Runs `workload` against `addr` until `duration` has passed.
-pub(crate) async fn run(addr: SocketAddr, workload: Workload, duration: Duration) -> Load {
+/// Runs `workload` against `addr` until `duration` has passed, over TLS with `tls`.
+pub(crate) async fn run(
+    addr: SocketAddr,
+    workload: Workload,
+    duration: Duration,
+    tls: Option<&TlsClient>,
+) -> Load {
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workload.connections {
-        tasks.spawn(client(addr, workload, deadline));
+        tasks.spawn(client(addr, workload, deadline, tls.cloned()));
     }
     let mut total = Load {
         requests: 0,
@@ -85,7 +93,12 @@ pub(crate) async fn run(addr: SocketAddr, workload: Workload, duration: Duration
 }
 
 /// One client: connects, sends requests until `deadline`, reconnects after an error.
-async fn client(addr: SocketAddr, workload: Workload, deadline: Instant) -> Load {
+async fn client(
+    addr: SocketAddr,
+    workload: Workload,
+    deadline: Instant,
+    tls: Option<TlsClient>,
+) -> Load {
     let mut load = Load {
         requests: 0,
         errors: 0,
@@ -95,21 +108,13 @@ async fn client(addr: SocketAddr, workload: Workload, deadline: Instant) -> Load
     };
     'connect: while Instant::now() < deadline {
         let start = Instant::now();
-        let connected = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let stream = TcpStream::connect(addr).await.ok()?;
-            stream.set_nodelay(true).ok()?;
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .ok()
-        })
-        .await;
-        let Ok(Some((mut sender, conn))) = connected else {
+        let connected = tokio::time::timeout(REQUEST_TIMEOUT, connect(addr, tls.as_ref())).await;
+        let Ok(Some(mut sender)) = connected else {
             load.errors += 1;
             // A refused connect returns at once: do not spin on it.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        tokio::spawn(conn);
         while Instant::now() < deadline {
             // Churn counts the connect in each request's latency.
             let start = if workload.kind == Kind::Churn {
@@ -156,6 +161,31 @@ async fn client(addr: SocketAddr, workload: Workload, deadline: Instant) -> Load
         }
     }
     load
+}
+
+/// Connects (and with `tls`, completes the TLS handshake), then drives the HTTP/1.1
+/// connection on a task of its own.
+async fn connect(addr: SocketAddr, tls: Option<&TlsClient>) -> Option<SendRequest<Upload>> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let sender = match tls {
+        None => {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            sender
+        }
+        Some(tls) => {
+            let stream = tls.connect(stream).await.ok()?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
+    Some(sender)
 }
 
 fn request(workload: Workload) -> http::Request<Upload> {

@@ -3,17 +3,23 @@
 //! configured as Kestra's documentation says (`nginx`) and with upstream keep-alive
 //! (`nginx-keepalive`). Prints markdown tables and writes JSON.
 //!
+//! The TLS group (`--only tls`) serves one certificate generated at start from kestra-edge
+//! and from nginx (`nginx-tls`), and measures HTTP/1.1 over TLS, HTTP/2 over TLS (`h2load`)
+//! and full TLS handshakes, with direct access over plain TCP as the reference.
+//!
 //! Every server runs in a process of its own (the upstreams and the gateway are this binary
 //! in a serving mode; the gateway is the `kestra-edge` binary's own [`Gateway`]), so the load
 //! generator in this process competes with them only for CPU. Everything binds to 127.0.0.1;
 //! every measurement is bounded by `--duration` plus fixed timeouts.
 #![allow(clippy::print_stdout)]
 
+mod h2load;
 mod load;
 mod report;
 mod soak;
 mod sse;
 mod targets;
+mod tls;
 mod ws;
 
 use bytes::Bytes;
@@ -30,7 +36,7 @@ use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
-use targets::{BoxError, NginxConfig, Target};
+use targets::{BoxError, NginxConfig, NginxTls, Target};
 
 #[derive(Debug, Parser)]
 #[command(about = "Load harness: direct access, kestra-edge and nginx, side by side")]
@@ -66,6 +72,8 @@ enum Group {
     Http,
     Sse,
     Ws,
+    /// kestra-edge and nginx terminating TLS (HTTP/1.1, HTTP/2, handshakes).
+    Tls,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +87,12 @@ enum Mode {
     ServeGateway {
         #[arg(long)]
         upstream: String,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Serve the Kestra stand-in (SSE follow streams, WebSocket echo) and print
     /// `listening ADDR`.
@@ -102,7 +116,14 @@ fn main() -> Result<(), BoxError> {
     let cli = Cli::parse();
     match cli.mode {
         Some(Mode::ServeUpstream) => serve(Serve::Minimal),
-        Some(Mode::ServeGateway { upstream }) => serve(Serve::Gateway(upstream)),
+        Some(Mode::ServeGateway {
+            upstream,
+            tls_cert,
+            tls_key,
+        }) => serve(Serve::Gateway {
+            upstream,
+            tls: tls_cert.zip(tls_key),
+        }),
         Some(Mode::ServeStandin) => serve(Serve::Standin),
         Some(Mode::Soak { length, sample }) => {
             if soak::run(length, sample)? {
@@ -119,7 +140,11 @@ fn main() -> Result<(), BoxError> {
 enum Serve {
     Minimal,
     Standin,
-    Gateway(String),
+    /// The gateway in front of `upstream`, over TLS with `(cert, key)` files.
+    Gateway {
+        upstream: String,
+        tls: Option<(PathBuf, PathBuf)>,
+    },
 }
 
 /// Child mode: serve on 127.0.0.1:0 until stdin closes.
@@ -140,12 +165,20 @@ fn serve(what: Serve) -> Result<(), BoxError> {
                 stdin_closed.await;
                 drop(standin);
             }
-            Serve::Gateway(upstream) => {
+            Serve::Gateway { upstream, tls } => {
                 let mut config = GatewayConfig::for_upstream(upstream);
-                config.shutdown_grace = Duration::ZERO;
+                config.listener.shutdown_grace = Duration::ZERO;
                 // The seed block's `location /kestra`, prefix kept.
-                config.context_path = Some("/kestra".to_owned());
+                config.prefix.context_path = Some("/kestra".to_owned());
+                let wants_tls = tls.is_some();
+                if let Some((cert, key)) = tls {
+                    config.tls.cert_file = Some(cert);
+                    config.tls.key_file = Some(key);
+                }
                 let gateway = Gateway::bind(config).await?;
+                if wants_tls != (gateway.scheme() == "https") {
+                    return Err(format!("gateway serves {}", gateway.scheme()).into());
+                }
                 announce(gateway.local_addr()?);
                 gateway.serve(stdin_closed).await?;
             }
@@ -236,7 +269,7 @@ fn proxies(upstream: SocketAddr, nginx: Option<&PathBuf>) -> Result<Vec<Target>,
     )?];
     if let Some(nginx) = nginx {
         for config in [NginxConfig::Seed, NginxConfig::Keepalive] {
-            proxies.push(Target::nginx(nginx, config, upstream)?);
+            proxies.push(Target::nginx(nginx, &config, upstream)?);
         }
     }
     Ok(proxies)
@@ -266,6 +299,9 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     if wanted(Group::Sse) || wanted(Group::Ws) {
         standin_workloads(cli, &runtime, nginx.as_ref(), &mut report, wanted)?;
     }
+    if wanted(Group::Tls) {
+        tls_workloads(cli, &runtime, nginx.as_ref(), &mut report)?;
+    }
     report.print();
     if let Some(dir) = cli.json.parent() {
         std::fs::create_dir_all(dir)?;
@@ -288,13 +324,131 @@ fn http_workloads(
     for workload in HTTP_WORKLOADS {
         // Targets take turns within a workload, so all see the same machine state.
         for target in &targets {
-            let _ = runtime.block_on(load::run(target.addr, workload, cli.warmup));
+            let _ = runtime.block_on(load::run(target.addr, workload, cli.warmup, None));
             let cpu = CpuMeter::start(target);
-            let load = runtime.block_on(load::run(target.addr, workload, cli.duration));
+            let load = runtime.block_on(load::run(target.addr, workload, cli.duration, None));
             let (proxy_cpu, generator_cpu) = cpu.stop(target, load.elapsed);
             let row = HttpRow::new(workload, target.name, &load, proxy_cpu, generator_cpu);
             eprintln!("{}", row.summary());
             report.http.push(row);
+        }
+    }
+    Ok(())
+}
+
+/// One workload of the TLS group.
+#[derive(Debug, Clone, Copy)]
+enum TlsWorkload {
+    /// HTTP/1.1 from this process's client (`load`), with ALPN `http/1.1`.
+    Http1(load::Workload),
+    /// HTTP/2 from `h2load`: `connections` with `streams` requests in flight on each.
+    Http2 {
+        workload: load::Workload,
+        streams: usize,
+    },
+}
+
+const TLS_WORKLOADS: [TlsWorkload; 4] = [
+    TlsWorkload::Http1(load::Workload {
+        name: "TLS small GET HTTP/1.1",
+        path: "/kestra/api/v1/small",
+        connections: 32,
+        kind: load::Kind::KeepAlive,
+    }),
+    TlsWorkload::Http1(load::Workload {
+        name: "TLS small GET HTTP/1.1",
+        path: "/kestra/api/v1/small",
+        connections: 256,
+        kind: load::Kind::KeepAlive,
+    }),
+    TlsWorkload::Http2 {
+        workload: load::Workload {
+            name: "TLS small GET HTTP/2 (16 streams/conn)",
+            path: "/kestra/api/v1/small",
+            connections: 8,
+            kind: load::Kind::KeepAlive,
+        },
+        streams: 16,
+    },
+    // One request per connection, no resumption: req/s = full handshakes/s.
+    TlsWorkload::Http1(load::Workload {
+        name: "TLS handshake (1 req/conn)",
+        path: "/kestra/api/v1/small",
+        connections: 32,
+        kind: load::Kind::Churn,
+    }),
+];
+
+/// kestra-edge and nginx serving one certificate generated now, in front of the minimal
+/// upstream; the upstream itself over plain TCP as the reference.
+fn tls_workloads(
+    cli: &Cli,
+    runtime: &tokio::runtime::Runtime,
+    nginx: Option<&PathBuf>,
+    report: &mut Report,
+) -> Result<(), BoxError> {
+    let h2load = targets::find_program("h2load");
+    if h2load.is_none() {
+        eprintln!("h2load: not found (apt-get install nghttp2-client), no HTTP/2 rows");
+    }
+    let certs = tls::CertFiles::generate()?;
+    let client = certs.http1_client()?;
+    let upstream = Target::spawn_self("direct", &["serve-upstream"])?;
+    let upstream_addr = upstream.addr;
+    let url = format!("http://{upstream_addr}");
+    let cert = certs.cert.to_string_lossy();
+    let key = certs.key.to_string_lossy();
+    let edge = Target::spawn_self(
+        "kestra-edge",
+        &[
+            "serve-gateway",
+            "--upstream",
+            &url,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    )?;
+    // (target, its name in the rows, whether it speaks TLS)
+    let mut targets = vec![
+        (upstream, report::DIRECT_PLAIN, false),
+        (edge, "kestra-edge", true),
+    ];
+    if let Some(nginx) = nginx {
+        let config = NginxConfig::Tls(NginxTls::new(nginx, &certs.cert, &certs.key)?);
+        targets.push((
+            Target::nginx(nginx, &config, upstream_addr)?,
+            config.name(),
+            true,
+        ));
+    }
+    for workload in TLS_WORKLOADS {
+        for (target, name, speaks_tls) in &targets {
+            let row = match workload {
+                TlsWorkload::Http1(workload) => {
+                    let tls = speaks_tls.then_some(&client);
+                    let _ = runtime.block_on(load::run(target.addr, workload, cli.warmup, tls));
+                    let cpu = CpuMeter::start(target);
+                    let load =
+                        runtime.block_on(load::run(target.addr, workload, cli.duration, tls));
+                    let (proxy_cpu, generator_cpu) = cpu.stop(target, load.elapsed);
+                    HttpRow::new(workload, name, &load, proxy_cpu, generator_cpu)
+                }
+                TlsWorkload::Http2 { workload, streams } => {
+                    let Some(h2load) = &h2load else { continue };
+                    let scheme = if *speaks_tls { "https" } else { "http" };
+                    let url = format!("{scheme}://{}{}", target.addr, workload.path);
+                    let c = workload.connections;
+                    let _ = h2load::run(h2load, &url, c, streams, cli.warmup);
+                    let cpu = CpuMeter::start(target);
+                    let run = h2load::run(h2load, &url, c, streams, cli.duration)?;
+                    let (proxy_cpu, _) = cpu.stop(target, run.load.elapsed);
+                    HttpRow::new(workload, name, &run.load, proxy_cpu, run.generator_cores)
+                }
+            };
+            eprintln!("{}", row.summary());
+            report.tls.push(row);
         }
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! The results: rows, markdown tables, the targets of issue 7 checked, and JSON.
+//! The results: rows, markdown tables, the targets of issue 7 and of the TLS rows checked,
+//! and JSON.
 
 use crate::{load, sse::SseRun, ws::WsRun};
 use serde::Serialize;
@@ -166,6 +167,8 @@ pub(crate) struct Check {
 pub(crate) struct Report {
     duration_secs: f64,
     pub(crate) http: Vec<HttpRow>,
+    /// The TLS group: kestra-edge and nginx over TLS, direct access over plain TCP.
+    pub(crate) tls: Vec<HttpRow>,
     pub(crate) sse: Vec<SseRow>,
     pub(crate) ws: Vec<WsRow>,
     checks: Vec<Check>,
@@ -174,12 +177,16 @@ pub(crate) struct Report {
 const EDGE: &str = "kestra-edge";
 const NGINX: &str = "nginx";
 const NGINX_KEEPALIVE: &str = "nginx-keepalive";
+pub(crate) const NGINX_TLS: &str = "nginx-tls";
+/// The upstream measured over plain TCP, as the TLS rows' reference.
+pub(crate) const DIRECT_PLAIN: &str = "direct (plain)";
 
 impl Report {
     pub(crate) fn new(duration: Duration) -> Self {
         Self {
             duration_secs: duration.as_secs_f64(),
             http: Vec::new(),
+            tls: Vec::new(),
             sse: Vec::new(),
             ws: Vec::new(),
             checks: Vec::new(),
@@ -187,9 +194,7 @@ impl Report {
     }
 
     fn http_row(&self, workload: &str, connections: usize, target: &str) -> Option<&HttpRow> {
-        self.http
-            .iter()
-            .find(|r| r.workload == workload && r.connections == connections && r.target == target)
+        find_http(&self.http, workload, connections, target)
     }
 
     fn sse_row(&self, streams: usize, target: &str) -> Option<&SseRow> {
@@ -273,17 +278,40 @@ impl Report {
                 });
             }
         }
+        // TLS: at least nginx's throughput (or handshakes) with a p99 no higher.
+        let mut cases: Vec<(&str, usize)> = Vec::new();
+        for row in &self.tls {
+            if !cases.contains(&(&row.workload, row.connections)) {
+                cases.push((&row.workload, row.connections));
+            }
+        }
+        for (workload, connections) in cases {
+            let row = |t| find_http(&self.tls, workload, connections, t);
+            if let (Some(edge), Some(nginx)) = (row(EDGE), row(NGINX_TLS)) {
+                let ratio = edge.requests_per_sec / nginx.requests_per_sec.max(f64::EPSILON);
+                checks.push(Check {
+                    what: format!("{workload} c={connections}: req/s ≥ nginx-tls"),
+                    measured: format!("{ratio:.2}×"),
+                    met: ratio >= 1.0 && edge.requests > 0,
+                });
+                checks.push(Check {
+                    what: format!("{workload} c={connections}: p99 ≤ nginx-tls's"),
+                    measured: format!("{} vs {} µs", edge.p99_us, nginx.p99_us),
+                    met: edge.p99_us <= nginx.p99_us && edge.requests > 0,
+                });
+            }
+        }
         self.checks = checks;
     }
 
-    pub(crate) fn print(&mut self) {
-        self.check();
-        println!("| workload | conns | target | req/s | MiB/s | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | generator cores | vs direct | vs nginx-keepalive |");
+    /// One markdown table of HTTP rows, with each row's ratio to `direct` and to `base`.
+    fn print_http(rows: &[HttpRow], direct: &str, base: &str) {
+        println!("| workload | conns | target | req/s | MiB/s | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | generator cores | vs {direct} | vs {base} |");
         println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for row in &self.http {
+        for row in rows {
             let per = |target| {
-                self.http_row(&row.workload, row.connections, target)
-                    .map(|base| ratio(row.requests_per_sec, base.requests_per_sec))
+                find_http(rows, &row.workload, row.connections, target)
+                    .map(|b| ratio(row.requests_per_sec, b.requests_per_sec))
                     .unwrap_or_else(|| "-".to_owned())
             };
             println!(
@@ -300,11 +328,40 @@ impl Report {
                 row.proxy_cpu_us_per_request
                     .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
                 row.generator_cores,
-                per("direct"),
-                per(NGINX_KEEPALIVE),
+                per(direct),
+                per(base),
             );
         }
         println!();
+    }
+
+    pub(crate) fn print(&mut self) {
+        self.check();
+        if !self.http.is_empty() {
+            Self::print_http(&self.http, "direct", NGINX_KEEPALIVE);
+        }
+        if !self.tls.is_empty() {
+            Self::print_http(&self.tls, DIRECT_PLAIN, NGINX_TLS);
+        }
+        if !self.sse.is_empty() {
+            self.print_sse();
+        }
+        if !self.ws.is_empty() {
+            self.print_ws();
+        }
+        println!("| target | measured | met |");
+        println!("|---|---|---|");
+        for check in &self.checks {
+            println!(
+                "| {} | {} | {} |",
+                check.what,
+                check.measured,
+                if check.met { "yes" } else { "**no**" }
+            );
+        }
+    }
+
+    fn print_sse(&self) {
         println!("| SSE streams | event every | target | streams opened | events | delay p50 µs | delay p99 µs | added p50 µs | added p99 µs | proxy KiB per stream |");
         println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
         for row in &self.sse {
@@ -331,6 +388,9 @@ impl Report {
             );
         }
         println!();
+    }
+
+    fn print_ws(&self) {
         println!("| WebSocket conns | target | messages/s | errors | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs |");
         println!("|---:|---|---:|---:|---:|---:|---:|---:|");
         for row in &self.ws {
@@ -354,17 +414,18 @@ impl Report {
             );
         }
         println!();
-        println!("| target (issue 7) | measured | met |");
-        println!("|---|---|---|");
-        for check in &self.checks {
-            println!(
-                "| {} | {} | {} |",
-                check.what,
-                check.measured,
-                if check.met { "yes" } else { "**no**" }
-            );
-        }
     }
+}
+
+/// The row of `workload` at `connections` for `target`.
+fn find_http<'a>(
+    rows: &'a [HttpRow],
+    workload: &str,
+    connections: usize,
+    target: &str,
+) -> Option<&'a HttpRow> {
+    rows.iter()
+        .find(|r| r.workload == workload && r.connections == connections && r.target == target)
 }
 
 fn ratio(value: f64, base: f64) -> String {

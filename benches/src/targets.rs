@@ -49,7 +49,7 @@ impl Target {
     /// Starts `nginx` in front of `upstream` with `config` and waits until it accepts.
     pub(crate) fn nginx(
         nginx: &Path,
-        config: NginxConfig,
+        config: &NginxConfig,
         upstream: SocketAddr,
     ) -> Result<Self, BoxError> {
         let port = free_port()?;
@@ -173,8 +173,8 @@ pub(crate) fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// The two nginx set-ups compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The nginx set-ups compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum NginxConfig {
     /// The block from Kestra's documentation, line for line: a new upstream connection per
     /// request, `Connection: upgrade` always, nginx's default 1 MiB body limit.
@@ -182,22 +182,85 @@ pub(crate) enum NginxConfig {
     /// The same with an `upstream` block holding idle keep-alive connections,
     /// `Connection` sent only for upgrades, and Kestra's 10 GiB body limit.
     Keepalive,
+    /// `Keepalive` behind TLS and HTTP/2.
+    Tls(NginxTls),
+}
+
+/// The TLS settings of [`NginxConfig::Tls`]: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`,
+/// `ssl_session_cache` left at nginx's default (`none`: no server-side session cache;
+/// `ssl_session_tickets` stays on, as nginx's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NginxTls {
+    cert: PathBuf,
+    key: PathBuf,
+    /// nginx ≥ 1.25.1 takes `http2 on;`; older ones (Debian 12's 1.22) `listen … http2`.
+    http2_directive: bool,
+}
+
+impl NginxTls {
+    /// Serves `cert` and `key`, in the HTTP/2 syntax that the `nginx` binary understands.
+    pub(crate) fn new(nginx: &Path, cert: &Path, key: &Path) -> Result<Self, BoxError> {
+        // `nginx -v` prints `nginx version: nginx/1.22.1` on stderr.
+        let out = Command::new(nginx).arg("-v").output()?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let version: Vec<u32> = text
+            .split_once("nginx/")
+            .map(|(_, v)| v.split_whitespace().next().unwrap_or_default())
+            .unwrap_or_default()
+            .split('.')
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if version.len() < 2 {
+            return Err(format!("cannot read the nginx version from {text:?}").into());
+        }
+        Ok(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            http2_directive: version.as_slice() >= [1, 25, 1].as_slice(),
+        })
+    }
+
+    /// The `listen` line and the TLS directives of the `server` block.
+    fn server_lines(&self, port: u16) -> String {
+        let (listen_http2, http2_on) = if self.http2_directive {
+            ("", "        http2 on;\n")
+        } else {
+            (" http2", "")
+        };
+        format!(
+            "        listen 127.0.0.1:{port} ssl{listen_http2};
+{http2_on}        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        # ssl_session_cache: nginx's default (none); the bench's clients never resume.
+        # No re-handshake every 1000 requests (nginx's default), and h2load does not reconnect.
+        keepalive_requests 1000000;
+",
+            cert = self.cert.display(),
+            key = self.key.display(),
+        )
+    }
 }
 
 impl NginxConfig {
-    pub(crate) fn name(self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Seed => "nginx",
             Self::Keepalive => "nginx-keepalive",
+            Self::Tls(_) => "nginx-tls",
         }
     }
 
     /// The whole `nginx.conf`: the seed's `location /kestra` block inside a minimal `http`
     /// block (two workers like the machine's two cores, no access log).
-    fn render(self, port: u16, upstream: SocketAddr) -> String {
+    fn render(&self, port: u16, upstream: SocketAddr) -> String {
+        let listen = match self {
+            Self::Tls(tls) => tls.server_lines(port),
+            Self::Seed | Self::Keepalive => format!("        listen 127.0.0.1:{port};\n"),
+        };
         let (upstream_block, pass, connection, extra) = match self {
             Self::Seed => (String::new(), upstream.to_string(), "\"upgrade\"", ""),
-            Self::Keepalive => (
+            Self::Keepalive | Self::Tls(_) => (
                 format!(
                     "    upstream kestra {{\n        server {upstream};\n        keepalive 256;\n    }}\n    map $http_upgrade $connection_upgrade {{\n        default upgrade;\n        '' '';\n    }}\n"
                 ),
@@ -221,8 +284,7 @@ http {{
     client_body_temp_path client_body;
     proxy_temp_path proxy_temp;
 {upstream_block}    server {{
-        listen 127.0.0.1:{port};
-        server_name localhost;
+{listen}        server_name localhost;
         location /kestra {{
             proxy_pass http://{pass}/kestra;
             proxy_http_version 1.1;
@@ -247,9 +309,14 @@ http {{
 
 /// `nginx` on the PATH (or Debian's `/usr/sbin`), if any.
 pub(crate) fn find_nginx() -> Option<PathBuf> {
+    find_program("nginx")
+}
+
+/// `name` on the PATH (or in `/usr/sbin`, `/usr/local/sbin`), if any.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("nginx"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
 }
