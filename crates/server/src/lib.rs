@@ -4,9 +4,17 @@
 //!
 //! - HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on the same port, with hyper-util's
 //!   auto builder and upgrades enabled (`serve_connection_with_upgrades`);
+//! - or, with another [`Transport`] (`kestra-edge-tls`'s TLS acceptor), each connection
+//!   handed straight to hyper's HTTP/2 or HTTP/1 connection by what the transport negotiated
+//!   (ALPN), without reading the protocol again; its requests carry [`TlsConnection`];
 //! - a header read timeout (slowloris): a connection whose first request has not arrived
-//!   within it is closed, whatever protocol it speaks or how few bytes it sent, and each
-//!   later HTTP/1 request head must arrive within it of the previous response;
+//!   within it is closed, whatever protocol it speaks or how few bytes it sent (the TLS
+//!   handshake counts against it), and each later HTTP/1 request head must arrive within it
+//!   of the previous response;
+//! - HTTP/2: at most 128 concurrent streams per connection, keep-alive PINGs, and an idle
+//!   timeout that closes a connection with GOAWAY when it has carried no request and no open
+//!   response for 5 minutes (a quiet SSE stream keeps it open); hyper's limits on pending
+//!   resets (rapid reset, CVE-2023-44487) and on the header list (CONTINUATION floods) apply;
 //! - a limit on the request head: more than [`Server::max_headers`] fields, or a head larger
 //!   than [`Server::max_header_bytes`], is answered 431 (HTTP/1 and HTTP/2); hyper answers
 //!   an over-long request line 414;
