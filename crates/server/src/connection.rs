@@ -25,7 +25,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::{ready, Context, Poll},
@@ -33,7 +33,7 @@ use std::{
 };
 use tokio::{
     net::TcpStream,
-    sync::watch,
+    sync::{watch, Notify},
     time::{sleep, sleep_until, Instant},
 };
 use tower::Service;
@@ -41,6 +41,16 @@ use tower::Service;
 /// How many quiet checks in a row make a connection idle: it is closed between 1 and 1¼ idle
 /// timeouts after its last stream ended, without a clock read per request.
 const IDLE_CHECKS: u32 = 4;
+
+/// Rapid reset (CVE-2023-44487): a connection on which at least this many requests were
+/// abandoned by the client (reset or closed before their response ended), and more than half of
+/// all its requests, is closed with GOAWAY. hyper's own limit counts only streams reset before
+/// they were handed to the service, which a client beats by waiting a round trip before each
+/// reset; Envoy closes on the same ratio (`premature_reset`).
+const ABANDONED_MIN: u64 = 200;
+
+/// How long an abusive connection's open streams may run after its GOAWAY before it is cut.
+const ABUSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The three ways of serving HTTP, built once from the settings.
 #[derive(Debug)]
@@ -104,6 +114,26 @@ struct ConnState {
     requests: AtomicU64,
     /// Requests whose response has not ended (an open SSE stream counts).
     active: AtomicUsize,
+    /// Requests the client gave up before their response ended.
+    abandoned: AtomicU64,
+    /// Woken once when the abandoned requests pass the rapid-reset limit.
+    abuse: Notify,
+    flagged: AtomicBool,
+}
+
+impl ConnState {
+    /// Counts an abandoned request; wakes the watchdog when the connection looks like a
+    /// rapid-reset attack.
+    fn abandoned(&self) {
+        let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        let requests = self.requests.load(Ordering::Relaxed);
+        if abandoned >= ABANDONED_MIN
+            && abandoned * 2 > requests
+            && !self.flagged.swap(true, Ordering::Relaxed)
+        {
+            self.abuse.notify_one();
+        }
+    }
 }
 
 /// Everything one connection task needs.
@@ -269,9 +299,30 @@ impl Watch {
             conn.as_mut().graceful_shutdown();
             closing = true;
         }
+        let abuse_deadline = sleep(Duration::MAX / 2);
+        tokio::pin!(abuse_deadline);
+        let mut abusive = false;
         let ended = loop {
             tokio::select! {
                 ended = &mut conn => break ended,
+                () = self.state.abuse.notified(), if !abusive => {
+                    tracing::warn!(
+                        %peer,
+                        requests = self.state.requests.load(Ordering::Relaxed),
+                        abandoned = self.state.abandoned.load(Ordering::Relaxed),
+                        "client abandons most of its requests (rapid reset): GOAWAY"
+                    );
+                    abusive = true;
+                    if !closing {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    abuse_deadline.as_mut().reset(Instant::now() + ABUSE_GRACE);
+                }
+                () = &mut abuse_deadline, if abusive => {
+                    tracing::debug!(%peer, "abusive connection cut");
+                    return;
+                }
                 () = &mut first, if waiting_first => {
                     waiting_first = false;
                     if self.state.requests.load(Ordering::Relaxed) == 0 {
@@ -321,6 +372,7 @@ struct ConnectionService<S> {
 impl<S, B, ResBody> Service<Request<B>> for ConnectionService<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Body,
 {
     type Response = Response<ActiveBody<ResBody>>;
     type Error = S::Error;
@@ -342,18 +394,28 @@ where
         }
         ConnectionFuture {
             inner: self.inner.call(req),
-            active: Some(Active(self.state.clone())),
+            active: Some(Active {
+                state: self.state.clone(),
+                ended: false,
+            }),
         }
     }
 }
 
 /// One open request of a connection; dropped when its response ends or is abandoned.
 #[derive(Debug)]
-struct Active(Arc<ConnState>);
+struct Active {
+    state: Arc<ConnState>,
+    /// Whether the response was sent to its end.
+    ended: bool,
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        if !self.ended {
+            self.state.abandoned();
+        }
     }
 }
 
@@ -369,16 +431,22 @@ pin_project! {
 impl<F, ResBody, E> Future for ConnectionFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
 {
     type Output = Result<Response<ActiveBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let active = this.active.take();
-        Poll::Ready(Ok(response.map(|inner| ActiveBody {
-            inner,
-            _active: active,
+        let mut active = this.active.take();
+        Poll::Ready(Ok(response.map(|inner| {
+            if inner.is_end_stream() {
+                // hyper never polls an empty body.
+                if let Some(active) = &mut active {
+                    active.ended = true;
+                }
+            }
+            ActiveBody { inner, active }
         })))
     }
 }
@@ -389,7 +457,7 @@ pin_project! {
     pub(crate) struct ActiveBody<B> {
         #[pin]
         inner: B,
-        _active: Option<Active>,
+        active: Option<Active>,
     }
 }
 
@@ -402,7 +470,19 @@ impl<B: Body> Body for ActiveBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let mut inner = this.inner;
+        let frame = ready!(inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(_)) => inner.is_end_stream(),
+        };
+        if ended {
+            if let Some(active) = this.active {
+                active.ended = true;
+            }
+        }
+        Poll::Ready(frame)
     }
 
     #[inline]
