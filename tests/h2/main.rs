@@ -1123,3 +1123,48 @@ async fn an_oversized_header_list_gets_431() {
     assert_eq!(client.goaway(), None);
     assert_eq!(edge.connections.accepted(), 1);
 }
+
+/// The SSE guard works per stream over HTTP/2: a quiet stream gets heartbeats and ends at its
+/// lifetime with a `retry:` hint, while its connection lives on and serves other requests.
+#[tokio::test]
+async fn heartbeats_and_lifetime_apply_per_stream_over_h2() {
+    let edge = Edge::start(Wire::Tls, |c| {
+        c.streams.sse_heartbeat = Duration::from_millis(150);
+        c.streams.sse_max_lifetime = Some(Duration::from_millis(900));
+    })
+    .await;
+    let client = edge.connect().await;
+    let quiet = "/kestra/api/v1/main/executions/q/follow?events=0&interval_ms=5000";
+    let response = client.request(client.get(quiet)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let mut events = Events::new(response.into_body());
+    assert_eq!(event_id(&events.expect(LIMIT).await.0), "start");
+    let heartbeat = events.expect(LIMIT).await.0;
+    assert!(heartbeat.starts_with(':'), "{heartbeat:?}");
+    // Further blocks until the end: the last one before the end carries `retry:`.
+    let mut blocks = vec![heartbeat];
+    while let Some((block, _)) = timeout(LIMIT, events.next()).await.unwrap().unwrap() {
+        blocks.push(block);
+    }
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(800) && lived < Duration::from_secs(4),
+        "{lived:?}"
+    );
+    assert!(blocks.iter().any(|b| b.contains("retry:")), "{blocks:?}");
+    assert!(
+        blocks
+            .iter()
+            .all(|b| b.starts_with(':') || b.starts_with("retry:")),
+        "{blocks:?}"
+    );
+    // The connection was not touched.
+    let (status, body) = timeout(LIMIT, client.fetch("/kestra/ping"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"pong"[..]));
+    assert_eq!(client.goaway(), None);
+    assert_eq!(edge.connections.accepted(), 1);
+}
