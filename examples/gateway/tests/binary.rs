@@ -483,7 +483,9 @@ async fn demo_with_a_self_signed_certificate_serves_https_and_http2() {
     assert_eq!(fingerprint.len(), 95, "{fingerprint}");
     let port = running.addr.port();
     assert!(
-        banner.contains(&format!("curl -k --http2 -N https://localhost:{port}/kestra/api/v1/")),
+        banner.contains(&format!(
+            "curl -k --http2 -N https://localhost:{port}/kestra/api/v1/"
+        )),
         "{banner}"
     );
 
@@ -504,10 +506,20 @@ async fn demo_with_a_self_signed_certificate_serves_https_and_http2() {
     assert_eq!(ids, ["start", "progress", "progress", "end"]);
 
     // A wrong pin is refused: the check can fail.
-    let wrong = fingerprint.replace(&fingerprint[..2], if &fingerprint[..2] == "00" { "01" } else { "00" });
+    let wrong = fingerprint.replace(
+        &fingerprint[..2],
+        if &fingerprint[..2] == "00" {
+            "01"
+        } else {
+            "00"
+        },
+    );
     let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let refused = tokio_rustls::TlsConnector::from(pinned::client(&wrong, &[b"h2"]))
-        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
         .await;
     assert!(refused.is_err());
 
@@ -516,11 +528,16 @@ async fn demo_with_a_self_signed_certificate_serves_https_and_http2() {
 }
 
 /// A private CA and `n` localhost certificates it signed: (CA DER, [(cert PEM, key PEM, DER)]).
-fn pki(n: usize) -> (rustls::pki_types::CertificateDer<'static>, Vec<(String, String, Vec<u8>)>) {
+fn pki(
+    n: usize,
+) -> (
+    rustls::pki_types::CertificateDer<'static>,
+    Vec<(String, String, Vec<u8>)>,
+) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
     let leaves = (0..n)
         .map(|_| {
             let key = rcgen::KeyPair::generate().unwrap();
@@ -534,7 +551,9 @@ fn pki(n: usize) -> (rustls::pki_types::CertificateDer<'static>, Vec<(String, St
     (ca.der().clone(), leaves)
 }
 
-fn trusting(ca: &rustls::pki_types::CertificateDer<'static>) -> std::sync::Arc<rustls::ClientConfig> {
+fn trusting(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+) -> std::sync::Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -577,7 +596,14 @@ async fn sighup_reloads_the_certificate_and_open_streams_run_to_their_end() {
     let (cert, key) = (given.join("tls.crt"), given.join("tls.key"));
     // Certificate and key through the environment, the rest as flags.
     let mut running = spawn(
-        &["--listen", "127.0.0.1:0", "--upstream", &standin.url(), "--workers", "1"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &standin.url(),
+            "--workers",
+            "1",
+        ],
         &[
             ("KESTRA_EDGE_TLS_CERT", cert.to_str().unwrap()),
             ("KESTRA_EDGE_TLS_KEY", key.to_str().unwrap()),
@@ -594,11 +620,17 @@ async fn sighup_reloads_the_certificate_and_open_streams_run_to_their_end() {
     std::fs::write(real.join("key.pem"), &leaves[1].1).unwrap();
     std::fs::write(real.join("cert.pem"), &leaves[1].0).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h2_over_tls(running.addr, client.clone()).await.0, leaves[0].2);
+    assert_eq!(
+        h2_over_tls(running.addr, client.clone()).await.0,
+        leaves[0].2
+    );
     sighup(&running.child);
     let deadline = tokio::time::Instant::now() + LIMIT;
     while h2_over_tls(running.addr, client.clone()).await.0 != leaves[1].2 {
-        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let reloaded = tokio::time::timeout(LIMIT, async {
@@ -612,7 +644,11 @@ async fn sighup_reloads_the_certificate_and_open_streams_run_to_their_end() {
     assert!(reloaded.is_ok(), "no reload log line naming SIGHUP");
 
     // A broken key on the next SIGHUP is refused with an error line; the pair stays.
-    std::fs::write(real.join("key.pem"), "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+    std::fs::write(
+        real.join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\ngarbage\n",
+    )
+    .unwrap();
     sighup(&running.child);
     let refused = tokio::time::timeout(LIMIT, async {
         while let Some(line) = running.stderr.recv().await {
@@ -624,8 +660,14 @@ async fn sighup_reloads_the_certificate_and_open_streams_run_to_their_end() {
     })
     .await
     .unwrap();
-    assert!(refused.contains("key.pem") || refused.contains("tls.key"), "{refused}");
-    assert_eq!(h2_over_tls(running.addr, client.clone()).await.0, leaves[1].2);
+    assert!(
+        refused.contains("key.pem") || refused.contains("tls.key"),
+        "{refused}"
+    );
+    assert_eq!(
+        h2_over_tls(running.addr, client.clone()).await.0,
+        leaves[1].2
+    );
 
     // The stream opened before both reloads reaches its end.
     let rest = tokio::time::timeout(LIMIT, stream.collect())
