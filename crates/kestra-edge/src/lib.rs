@@ -190,7 +190,8 @@ impl KestraEdgeBuilder {
     }
 
     /// The scheme of the listener the stack is served on (`http` by default; `https` when
-    /// your gateway terminates TLS), reported as `X-Forwarded-Proto`.
+    /// your gateway terminates TLS itself), reported as `X-Forwarded-Proto`. Requests served
+    /// through [`tls::TlsAcceptor`] are known to be `https` without it.
     pub fn listener_scheme(mut self, scheme: impl Into<String>) -> Self {
         self.forwarded = self.forwarded.listener_scheme(scheme);
         self
