@@ -3,6 +3,11 @@
 //! configured as Kestra's documentation says (`nginx`) and with upstream keep-alive
 //! (`nginx-keepalive`). Prints markdown tables and writes JSON.
 //!
+//! When installed, HAProxy (`haproxy`, HTTP mode, `http-reuse always`) and Caddy (`caddy`,
+//! `reverse_proxy` with `flush_interval -1`) are measured too, on the rows issue 7 compares
+//! against: small GET at 32 and 256 connections, 1 MiB GET, and SSE. Every proxy gets the
+//! same number of worker threads (`--proxy-threads`).
+//!
 //! The TLS group (`--only tls`) serves one certificate generated at start from kestra-edge
 //! and from nginx (`nginx-tls`), and measures HTTP/1.1 over TLS, HTTP/2 over TLS (`h2load`)
 //! and full TLS handshakes, with direct access over plain TCP as the reference.
@@ -13,7 +18,9 @@
 //! every measurement is bounded by `--duration` plus fixed timeouts.
 #![allow(clippy::print_stdout)]
 
+mod caddy;
 mod h2load;
+mod haproxy;
 mod load;
 mod report;
 mod soak;
@@ -33,13 +40,16 @@ use std::{
     convert::Infallible,
     io::Write,
     net::SocketAddr,
+    num::NonZeroUsize,
     path::PathBuf,
     time::{Duration, Instant},
 };
-use targets::{BoxError, NginxConfig, NginxTls, Target};
+use targets::{BoxError, NginxConfig, NginxTls, Sizing, Target};
 
 #[derive(Debug, Parser)]
-#[command(about = "Load harness: direct access, kestra-edge and nginx, side by side")]
+#[command(
+    about = "Load harness: direct access, kestra-edge, nginx, HAProxy and Caddy, side by side"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -58,12 +68,30 @@ struct Cli {
     /// Leave nginx out even when it is installed.
     #[arg(long)]
     no_nginx: bool,
+    /// The haproxy binary [default: `haproxy` on the PATH, or /usr/sbin/haproxy].
+    #[arg(long)]
+    haproxy: Option<PathBuf>,
+    /// Leave HAProxy out even when it is installed.
+    #[arg(long)]
+    no_haproxy: bool,
+    /// The caddy binary [default: `caddy` on the PATH].
+    #[arg(long)]
+    caddy: Option<PathBuf>,
+    /// Leave Caddy out even when it is installed.
+    #[arg(long)]
+    no_caddy: bool,
+    /// Worker threads of every proxy: kestra-edge `--workers`, nginx `worker_processes`,
+    /// HAProxy `nbthread`, Caddy `GOMAXPROCS`.
+    #[arg(long, default_value = "1")]
+    proxy_threads: NonZeroUsize,
     /// Run only these workload groups [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,
-    /// Concurrent streams of the large SSE workload.
-    #[arg(long, default_value_t = 1000)]
-    sse_streams: usize,
+    /// Concurrent streams of the large SSE workloads, one row each (`1000,10000`). Each stream
+    /// holds two descriptors in the proxy's process: the open-files limit is raised to match
+    /// as far as the hard limit allows.
+    #[arg(long, default_value = "1000", value_delimiter = ',')]
+    sse_streams: Vec<usize>,
 }
 
 /// A group of workloads.
@@ -87,6 +115,9 @@ enum Mode {
     ServeGateway {
         #[arg(long)]
         upstream: String,
+        /// Serving threads [default: the gateway's, one per core].
+        #[arg(long)]
+        workers: Option<NonZeroUsize>,
         /// Serve HTTPS with this PEM certificate chain (with --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -118,10 +149,12 @@ fn main() -> Result<(), BoxError> {
         Some(Mode::ServeUpstream) => serve(Serve::Minimal),
         Some(Mode::ServeGateway {
             upstream,
+            workers,
             tls_cert,
             tls_key,
         }) => serve(Serve::Gateway {
             upstream,
+            workers,
             tls: tls_cert.zip(tls_key),
         }),
         Some(Mode::ServeStandin) => serve(Serve::Standin),
@@ -140,9 +173,11 @@ fn main() -> Result<(), BoxError> {
 enum Serve {
     Minimal,
     Standin,
-    /// The gateway in front of `upstream`, over TLS with `(cert, key)` files.
+    /// The gateway in front of `upstream` on `workers` threads, over TLS with `(cert, key)`
+    /// files.
     Gateway {
         upstream: String,
+        workers: Option<NonZeroUsize>,
         tls: Option<(PathBuf, PathBuf)>,
     },
 }
@@ -165,9 +200,16 @@ fn serve(what: Serve) -> Result<(), BoxError> {
                 stdin_closed.await;
                 drop(standin);
             }
-            Serve::Gateway { upstream, tls } => {
+            Serve::Gateway {
+                upstream,
+                workers,
+                tls,
+            } => {
                 let mut config = GatewayConfig::for_upstream(upstream);
                 config.listener.shutdown_grace = Duration::ZERO;
+                if let Some(workers) = workers {
+                    config.listener.workers = workers;
+                }
                 // The seed block's `location /kestra`, prefix kept.
                 config.prefix.context_path = Some("/kestra".to_owned());
                 let wants_tls = tls.is_some();
@@ -214,93 +256,215 @@ fn announce(addr: SocketAddr) {
     let _ = std::io::stdout().flush();
 }
 
-const HTTP_WORKLOADS: [load::Workload; 7] = [
-    load::Workload {
-        name: "small GET",
-        path: "/kestra/api/v1/small",
-        connections: 1,
-        kind: load::Kind::KeepAlive,
+/// An HTTP workload, and whether the peer proxies (HAProxy, Caddy) are measured on it too.
+#[derive(Debug, Clone, Copy)]
+struct HttpCase {
+    workload: load::Workload,
+    peers: bool,
+}
+
+const HTTP_CASES: [HttpCase; 7] = [
+    HttpCase {
+        workload: load::Workload {
+            name: "small GET",
+            path: "/kestra/api/v1/small",
+            connections: 1,
+            kind: load::Kind::KeepAlive,
+        },
+        peers: false,
     },
-    load::Workload {
-        name: "small GET",
-        path: "/kestra/api/v1/small",
-        connections: 32,
-        kind: load::Kind::KeepAlive,
+    HttpCase {
+        workload: load::Workload {
+            name: "small GET",
+            path: "/kestra/api/v1/small",
+            connections: 32,
+            kind: load::Kind::KeepAlive,
+        },
+        peers: true,
     },
-    load::Workload {
-        name: "small GET",
-        path: "/kestra/api/v1/small",
-        connections: 256,
-        kind: load::Kind::KeepAlive,
+    HttpCase {
+        workload: load::Workload {
+            name: "small GET",
+            path: "/kestra/api/v1/small",
+            connections: 256,
+            kind: load::Kind::KeepAlive,
+        },
+        peers: true,
     },
-    load::Workload {
-        name: "1 MiB GET",
-        path: "/kestra/api/v1/large",
-        connections: 1,
-        kind: load::Kind::KeepAlive,
+    HttpCase {
+        workload: load::Workload {
+            name: "1 MiB GET",
+            path: "/kestra/api/v1/large",
+            connections: 1,
+            kind: load::Kind::KeepAlive,
+        },
+        peers: true,
     },
-    load::Workload {
-        name: "1 MiB GET",
-        path: "/kestra/api/v1/large",
-        connections: 4,
-        kind: load::Kind::KeepAlive,
+    HttpCase {
+        workload: load::Workload {
+            name: "1 MiB GET",
+            path: "/kestra/api/v1/large",
+            connections: 4,
+            kind: load::Kind::KeepAlive,
+        },
+        peers: true,
     },
-    load::Workload {
-        name: "100 MiB POST",
-        path: "/kestra/api/v1/upload",
-        connections: 1,
-        kind: load::Kind::Upload { bytes: 100 << 20 },
+    HttpCase {
+        workload: load::Workload {
+            name: "100 MiB POST",
+            path: "/kestra/api/v1/upload",
+            connections: 1,
+            kind: load::Kind::Upload { bytes: 100 << 20 },
+        },
+        peers: false,
     },
-    load::Workload {
-        name: "churn GET",
-        path: "/kestra/api/v1/small",
-        connections: 32,
-        kind: load::Kind::Churn,
+    HttpCase {
+        workload: load::Workload {
+            name: "churn GET",
+            path: "/kestra/api/v1/small",
+            connections: 32,
+            kind: load::Kind::Churn,
+        },
+        peers: false,
     },
 ];
 
-/// The proxies in front of `upstream`: kestra-edge, then nginx as documented and with
-/// keep-alive.
-fn proxies(upstream: SocketAddr, nginx: Option<&PathBuf>) -> Result<Vec<Target>, BoxError> {
-    let url = format!("http://{upstream}");
-    let mut proxies = vec![Target::spawn_self(
-        "kestra-edge",
-        &["serve-gateway", "--upstream", &url],
-    )?];
-    if let Some(nginx) = nginx {
-        for config in [NginxConfig::Seed, NginxConfig::Keepalive] {
-            proxies.push(Target::nginx(nginx, &config, upstream)?);
+/// The proxy programs found, and how every proxy is sized.
+#[derive(Debug)]
+struct Proxies {
+    nginx: Option<PathBuf>,
+    haproxy: Option<PathBuf>,
+    caddy: Option<PathBuf>,
+    sizing: Sizing,
+}
+
+impl Proxies {
+    /// `serve-gateway` in front of `upstream` with `--proxy-threads` workers, and `extra`.
+    fn gateway(&self, upstream: SocketAddr, extra: &[&str]) -> Result<Target, BoxError> {
+        let url = format!("http://{upstream}");
+        let workers = self.sizing.threads.to_string();
+        let mut args = vec!["serve-gateway", "--upstream", &url, "--workers", &workers];
+        args.extend_from_slice(extra);
+        Target::spawn_self("kestra-edge", &args)
+    }
+
+    /// The proxies in front of `upstream` measured on every workload (kestra-edge, then
+    /// nginx as documented and with keep-alive), and the peers (HAProxy, Caddy).
+    fn start(&self, upstream: SocketAddr) -> Result<(Vec<Target>, Vec<Target>), BoxError> {
+        let mut proxies = vec![self.gateway(upstream, &[])?];
+        if let Some(nginx) = &self.nginx {
+            for config in [NginxConfig::Seed, NginxConfig::Keepalive] {
+                proxies.push(Target::nginx(nginx, &config, upstream, self.sizing)?);
+            }
+        }
+        let mut peers = Vec::new();
+        if let Some(haproxy) = &self.haproxy {
+            peers.push(haproxy::start(haproxy, upstream, self.sizing)?);
+        }
+        if let Some(caddy) = &self.caddy {
+            peers.push(caddy::start(caddy, upstream, self.sizing)?);
+        }
+        Ok((proxies, peers))
+    }
+
+    /// Lists every proxy this run starts, with its version and thread setting.
+    fn describe(&self, report: &mut Report, tls: bool) {
+        let n = self.sizing.threads;
+        report.add_proxy(
+            "kestra-edge",
+            env!("CARGO_PKG_VERSION").to_owned(),
+            format!("`--workers {n}`"),
+        );
+        if let Some(nginx) = &self.nginx {
+            // `nginx version: nginx/1.22.1`
+            let line = targets::first_output_line(nginx, &["-v"]);
+            let version = line.rsplit_once('/').map_or(line.as_str(), |(_, v)| v);
+            let mut names = vec![NginxConfig::Seed.name(), NginxConfig::Keepalive.name()];
+            if tls {
+                names.push(report::NGINX_TLS);
+            }
+            for name in names {
+                report.add_proxy(name, version.to_owned(), format!("`worker_processes {n}`"));
+            }
+        }
+        if let Some(haproxy) = &self.haproxy {
+            report.add_proxy(
+                haproxy::NAME,
+                haproxy::version(haproxy),
+                format!("`nbthread {n}`"),
+            );
+        }
+        if let Some(caddy) = &self.caddy {
+            report.add_proxy(
+                caddy::NAME,
+                caddy::version(caddy),
+                format!("`GOMAXPROCS={n}`"),
+            );
         }
     }
-    Ok(proxies)
+}
+
+/// A program given on the command line, else found on the PATH, unless left out.
+fn program(
+    name: &str,
+    given: Option<&PathBuf>,
+    left_out: bool,
+    find: fn() -> Option<PathBuf>,
+) -> Option<PathBuf> {
+    let found = if left_out {
+        None
+    } else {
+        given.cloned().or_else(find)
+    };
+    match &found {
+        Some(path) => eprintln!("{name}: {}", path.display()),
+        None if left_out => eprintln!("{name}: left out"),
+        None => eprintln!("{name}: not found, no {name} rows"),
+    }
+    found
 }
 
 fn run(cli: &Cli) -> Result<(), BoxError> {
-    let nginx = if cli.no_nginx {
-        None
-    } else {
-        cli.nginx.clone().or_else(targets::find_nginx)
+    let most_streams = cli.sse_streams.iter().copied().max().unwrap_or(0);
+    // A proxy holds a client and an upstream descriptor per stream.
+    let open_files = targets::raise_open_files((2 * most_streams as u64 + 1024).max(16384));
+    let proxies = Proxies {
+        nginx: program(
+            "nginx",
+            cli.nginx.as_ref(),
+            cli.no_nginx,
+            targets::find_nginx,
+        ),
+        haproxy: program(
+            "haproxy",
+            cli.haproxy.as_ref(),
+            cli.no_haproxy,
+            haproxy::find,
+        ),
+        caddy: program("caddy", cli.caddy.as_ref(), cli.no_caddy, caddy::find),
+        sizing: Sizing {
+            threads: cli.proxy_threads,
+            connections: most_streams.max(256),
+            open_files,
+        },
     };
-    match &nginx {
-        Some(path) => eprintln!("nginx: {}", path.display()),
-        None => eprintln!("nginx: not found, measuring direct and kestra-edge only"),
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut report = Report::new(cli.duration);
+    let mut report = Report::new(cli.duration, cli.proxy_threads.get(), open_files);
 
     let wanted = |group| cli.only.is_empty() || cli.only.contains(&group);
+    proxies.describe(&mut report, wanted(Group::Tls));
 
     // HTTP workloads against the minimal upstream.
     if wanted(Group::Http) {
-        http_workloads(cli, &runtime, nginx.as_ref(), &mut report)?;
+        http_workloads(cli, &runtime, &proxies, &mut report)?;
     }
     if wanted(Group::Sse) || wanted(Group::Ws) {
-        standin_workloads(cli, &runtime, nginx.as_ref(), &mut report, wanted)?;
+        standin_workloads(cli, &runtime, &proxies, &mut report, wanted)?;
     }
     if wanted(Group::Tls) {
-        tls_workloads(cli, &runtime, nginx.as_ref(), &mut report)?;
+        tls_workloads(cli, &runtime, &proxies, &mut report)?;
     }
     report.print();
     if let Some(dir) = cli.json.parent() {
@@ -314,20 +478,26 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
 fn http_workloads(
     cli: &Cli,
     runtime: &tokio::runtime::Runtime,
-    nginx: Option<&PathBuf>,
+    proxies: &Proxies,
     report: &mut Report,
 ) -> Result<(), BoxError> {
     let upstream = Target::spawn_self("direct", &["serve-upstream"])?;
-    let proxies_http = proxies(upstream.addr, nginx)?;
+    let (proxies_http, peers) = proxies.start(upstream.addr)?;
     let mut targets = vec![upstream];
     targets.extend(proxies_http);
-    for workload in HTTP_WORKLOADS {
+    for HttpCase {
+        workload,
+        peers: with_peers,
+    } in HTTP_CASES
+    {
+        let peers = peers.iter().filter(|_| with_peers);
         // Targets take turns within a workload, so all see the same machine state.
-        for target in &targets {
+        for target in targets.iter().chain(peers) {
             let _ = runtime.block_on(load::run(target.addr, workload, cli.warmup, None));
             let cpu = CpuMeter::start(target);
             let load = runtime.block_on(load::run(target.addr, workload, cli.duration, None));
             let (proxy_cpu, generator_cpu) = cpu.stop(target, load.elapsed);
+            report.saw_threads(target.name, target.os_threads());
             let row = HttpRow::new(workload, target.name, &load, proxy_cpu, generator_cpu);
             eprintln!("{}", row.summary());
             report.http.push(row);
@@ -384,7 +554,7 @@ const TLS_WORKLOADS: [TlsWorkload; 4] = [
 fn tls_workloads(
     cli: &Cli,
     runtime: &tokio::runtime::Runtime,
-    nginx: Option<&PathBuf>,
+    proxies: &Proxies,
     report: &mut Report,
 ) -> Result<(), BoxError> {
     let h2load = targets::find_program("h2load");
@@ -395,30 +565,18 @@ fn tls_workloads(
     let client = certs.http1_client()?;
     let upstream = Target::spawn_self("direct", &["serve-upstream"])?;
     let upstream_addr = upstream.addr;
-    let url = format!("http://{upstream_addr}");
     let cert = certs.cert.to_string_lossy();
     let key = certs.key.to_string_lossy();
-    let edge = Target::spawn_self(
-        "kestra-edge",
-        &[
-            "serve-gateway",
-            "--upstream",
-            &url,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ],
-    )?;
+    let edge = proxies.gateway(upstream_addr, &["--tls-cert", &cert, "--tls-key", &key])?;
     // (target, its name in the rows, whether it speaks TLS)
     let mut targets = vec![
         (upstream, report::DIRECT_PLAIN, false),
         (edge, "kestra-edge", true),
     ];
-    if let Some(nginx) = nginx {
+    if let Some(nginx) = &proxies.nginx {
         let config = NginxConfig::Tls(NginxTls::new(nginx, &certs.cert, &certs.key)?);
         targets.push((
-            Target::nginx(nginx, &config, upstream_addr)?,
+            Target::nginx(nginx, &config, upstream_addr, proxies.sizing)?,
             config.name(),
             true,
         ));
@@ -433,6 +591,7 @@ fn tls_workloads(
                     let load =
                         runtime.block_on(load::run(target.addr, workload, cli.duration, tls));
                     let (proxy_cpu, generator_cpu) = cpu.stop(target, load.elapsed);
+                    report.saw_threads(name, target.os_threads());
                     HttpRow::new(workload, name, &load, proxy_cpu, generator_cpu)
                 }
                 TlsWorkload::Http2 { workload, streams } => {
@@ -444,6 +603,7 @@ fn tls_workloads(
                     let cpu = CpuMeter::start(target);
                     let run = h2load::run(h2load, &url, c, streams, cli.duration)?;
                     let (proxy_cpu, _) = cpu.stop(target, run.load.elapsed);
+                    report.saw_threads(name, target.os_threads());
                     HttpRow::new(workload, name, &run.load, proxy_cpu, run.generator_cores)
                 }
             };
@@ -455,24 +615,26 @@ fn tls_workloads(
 }
 
 /// SSE and WebSocket against the stand-in, through fresh proxies: the memory per stream is
-/// measured first, on processes that have not served anything yet.
+/// measured first, on processes that have not served anything yet. HAProxy and Caddy are
+/// measured on the SSE rows only.
 fn standin_workloads(
     cli: &Cli,
     runtime: &tokio::runtime::Runtime,
-    nginx: Option<&PathBuf>,
+    proxies: &Proxies,
     report: &mut Report,
     wanted: impl Fn(Group) -> bool,
 ) -> Result<(), BoxError> {
     let standin = Target::spawn_self("direct", &["serve-standin"])?;
-    let proxies_standin = proxies(standin.addr, nginx)?;
+    let (proxies_standin, peers) = proxies.start(standin.addr)?;
     let mut targets = vec![standin];
     targets.extend(proxies_standin);
-    let sse_cases = [
-        (cli.sse_streams, Duration::from_millis(1000)),
-        (1, Duration::from_millis(20)),
-    ];
-    for (streams, interval) in sse_cases.into_iter().filter(|_| wanted(Group::Sse)) {
-        for target in &targets {
+    let sse_cases = cli
+        .sse_streams
+        .iter()
+        .map(|&streams| (streams, Duration::from_millis(1000)))
+        .chain([(1, Duration::from_millis(20))]);
+    for (streams, interval) in sse_cases.filter(|_| wanted(Group::Sse)) {
+        for target in targets.iter().chain(&peers) {
             // Memory per stream means something only with many streams open.
             let proxy = (target.name != "direct" && streams >= 100).then_some(target);
             let run = runtime.block_on(sse::run(
@@ -482,6 +644,7 @@ fn standin_workloads(
                 cli.duration,
                 proxy,
             ));
+            report.saw_threads(target.name, target.os_threads());
             let row = SseRow::new(streams, interval, target.name, &run);
             eprintln!("{}", row.summary());
             report.sse.push(row);
@@ -491,6 +654,7 @@ fn standin_workloads(
         for target in &targets {
             let _ = runtime.block_on(ws::run(target.addr, connections, cli.warmup));
             let run = runtime.block_on(ws::run(target.addr, connections, cli.duration));
+            report.saw_threads(target.name, target.os_threads());
             let row = WsRow::new(connections, target.name, &run);
             eprintln!("{}", row.summary());
             report.ws.push(row);

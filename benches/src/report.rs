@@ -78,6 +78,10 @@ pub(crate) struct SseRow {
     p99_us: u64,
     /// The proxy's RSS growth per open stream, KiB.
     kib_per_stream: Option<f64>,
+    /// Streams open when that growth was read (fewer than `streams` if some never opened).
+    open_at_rss_read: Option<usize>,
+    /// The proxy's RSS after the streams closed minus before they opened, per stream, KiB.
+    kib_per_stream_after_close: Option<f64>,
 }
 
 impl SseRow {
@@ -95,24 +99,32 @@ impl SseRow {
             events: run.delays.len(),
             p50_us: run.delays.value_at_quantile(0.5),
             p99_us: run.delays.value_at_quantile(0.99),
-            kib_per_stream: run
-                .rss_growth_kib
-                .map(|kib| kib as f64 / streams.max(1) as f64),
+            kib_per_stream: run.memory.map(|m| m.kib_per_open_stream()),
+            open_at_rss_read: run.memory.map(|m| m.open_streams),
+            kib_per_stream_after_close: run.memory.map(|m| m.kib_per_closed_stream()),
         }
     }
 
     pub(crate) fn summary(&self) -> String {
         format!(
-            "  SSE streams={:<5} {:<15} opened {:>5} events {:>7}  p50 {:>6} µs  p99 {:>6} µs  KiB/stream {}",
+            "  SSE streams={:<5} {:<15} opened {:>5} events {:>7}  p50 {:>6} µs  p99 {:>6} µs  KiB/stream open {} after close {}",
             self.streams,
             self.target,
             self.opened,
             self.events,
             self.p50_us,
             self.p99_us,
-            self.kib_per_stream
-                .map_or_else(|| "-".to_owned(), |k| format!("{k:.1}"))
+            self.kib_open(),
+            kib(self.kib_per_stream_after_close),
         )
+    }
+
+    /// The growth per open stream, with how many were open when fewer than all.
+    fn kib_open(&self) -> String {
+        match (self.kib_per_stream, self.open_at_rss_read) {
+            (Some(k), Some(open)) if open != self.streams => format!("{k:.1} ({open} open)"),
+            (k, _) => kib(k),
+        }
     }
 }
 
@@ -162,10 +174,30 @@ pub(crate) struct Check {
     met: bool,
 }
 
+/// One proxy of the run: its version and its threads.
+#[derive(Debug, Serialize)]
+pub(crate) struct Proxy {
+    pub(crate) name: &'static str,
+    pub(crate) version: String,
+    /// The setting that gives it `--proxy-threads` worker threads.
+    pub(crate) threads_setting: String,
+    /// The most OS threads its processes had after a measurement (tokio's and Go's
+    /// helper threads, nginx's master included).
+    pub(crate) os_threads: u64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     duration_secs: f64,
+    /// Worker threads given to every proxy (`--proxy-threads`).
+    proxy_threads: usize,
+    pub(crate) proxies: Vec<Proxy>,
+    /// The open-files limit of the harness and the servers it started.
+    open_files_limit: u64,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute averages when the run started and ended.
+    load_average_start: String,
+    load_average_end: String,
     pub(crate) http: Vec<HttpRow>,
     /// The TLS group: kestra-edge and nginx over TLS, direct access over plain TCP.
     pub(crate) tls: Vec<HttpRow>,
@@ -182,14 +214,43 @@ pub(crate) const NGINX_TLS: &str = "nginx-tls";
 pub(crate) const DIRECT_PLAIN: &str = "direct (plain)";
 
 impl Report {
-    pub(crate) fn new(duration: Duration) -> Self {
+    pub(crate) fn new(duration: Duration, proxy_threads: usize, open_files_limit: u64) -> Self {
         Self {
             duration_secs: duration.as_secs_f64(),
+            proxy_threads,
+            proxies: Vec::new(),
+            open_files_limit,
+            load_average_start: load_average(),
+            load_average_end: String::new(),
             http: Vec::new(),
             tls: Vec::new(),
             sse: Vec::new(),
             ws: Vec::new(),
             checks: Vec::new(),
+        }
+    }
+
+    /// Lists a proxy in the header (once, however many groups start it).
+    pub(crate) fn add_proxy(
+        &mut self,
+        name: &'static str,
+        version: String,
+        threads_setting: String,
+    ) {
+        if !self.proxies.iter().any(|p| p.name == name) {
+            self.proxies.push(Proxy {
+                name,
+                version,
+                threads_setting,
+                os_threads: 0,
+            });
+        }
+    }
+
+    /// Records that `name`'s processes had `threads` OS threads after a measurement.
+    pub(crate) fn saw_threads(&mut self, name: &str, threads: u64) {
+        if let Some(proxy) = self.proxies.iter_mut().find(|p| p.name == name) {
+            proxy.os_threads = proxy.os_threads.max(threads);
         }
     }
 
@@ -242,17 +303,32 @@ impl Report {
         let streams: Vec<usize> = self.sse.iter().map(|r| r.streams).collect();
         for n in dedup(streams) {
             if let (Some(edge), Some(direct)) = (self.sse_row(n, EDGE), self.sse_row(n, "direct")) {
+                // Streams that never opened (the open-files limit) are said, not hidden.
+                let short = if edge.opened == n {
+                    String::new()
+                } else {
+                    format!(" ({} of {n} opened)", edge.opened)
+                };
                 let added = edge.p99_us as i64 - direct.p99_us as i64;
                 checks.push(Check {
                     what: format!("SSE {n} streams: added delay p99 ≤ 500 µs"),
-                    measured: format!("{added} µs"),
+                    measured: format!("{added} µs{short}"),
                     met: added <= 500 && edge.opened == n,
                 });
                 if let Some(kib) = edge.kib_per_stream.filter(|_| n >= 100) {
                     checks.push(Check {
                         what: format!("SSE {n} streams: ≤ 12 KiB per open stream"),
-                        measured: format!("{kib:.1} KiB"),
+                        measured: format!("{kib:.1} KiB{short}"),
                         met: kib <= 12.0,
+                    });
+                }
+                if let Some(kib) = edge.kib_per_stream_after_close.filter(|_| n >= 100) {
+                    checks.push(Check {
+                        what: format!(
+                            "SSE {n} streams: RSS after they close ≤ 4 KiB per stream above where it started"
+                        ),
+                        measured: format!("{kib:.1} KiB{short}"),
+                        met: kib <= 4.0,
                     });
                 }
             }
@@ -337,6 +413,8 @@ impl Report {
 
     pub(crate) fn print(&mut self) {
         self.check();
+        self.load_average_end = load_average();
+        self.print_header();
         if !self.http.is_empty() {
             Self::print_http(&self.http, "direct", NGINX_KEEPALIVE);
         }
@@ -361,9 +439,31 @@ impl Report {
         }
     }
 
+    /// The proxies, their versions and threads; the machine's load and open-files limit.
+    fn print_header(&self) {
+        println!(
+            "Every proxy ran with {} worker thread(s) (`--proxy-threads {}`). Load average (1, 5, 15 min) at start: {}; at end: {}. Open-files limit: {}.",
+            self.proxy_threads,
+            self.proxy_threads,
+            self.load_average_start,
+            self.load_average_end,
+            self.open_files_limit,
+        );
+        println!();
+        println!("| proxy | version | worker threads | OS threads seen (all its processes) |");
+        println!("|---|---|---|---:|");
+        for proxy in &self.proxies {
+            println!(
+                "| {} | {} | {} | {} |",
+                proxy.name, proxy.version, proxy.threads_setting, proxy.os_threads
+            );
+        }
+        println!();
+    }
+
     fn print_sse(&self) {
-        println!("| SSE streams | event every | target | streams opened | events | delay p50 µs | delay p99 µs | added p50 µs | added p99 µs | proxy KiB per stream |");
-        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| SSE streams | event every | target | streams opened | events | delay p50 µs | delay p99 µs | added p50 µs | added p99 µs | proxy KiB per open stream | KiB per stream still held after close |");
+        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for row in &self.sse {
             let direct = self.sse_row(row.streams, "direct");
             let added = |f: fn(&SseRow) -> u64| {
@@ -373,7 +473,7 @@ impl Report {
                 )
             };
             println!(
-                "| {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.streams,
                 row.interval_ms,
                 row.target,
@@ -383,8 +483,8 @@ impl Report {
                 row.p99_us,
                 added(|r| r.p50_us),
                 added(|r| r.p99_us),
-                row.kib_per_stream
-                    .map_or_else(|| "-".to_owned(), |k| format!("{k:.1}")),
+                row.kib_open(),
+                kib(row.kib_per_stream_after_close),
             );
         }
         println!();
@@ -434,6 +534,21 @@ fn ratio(value: f64, base: f64) -> String {
     } else {
         "-".to_owned()
     }
+}
+
+/// A KiB figure with one decimal, or `-`.
+fn kib(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |k| format!("{k:.1}"))
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loadavg
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn dedup(mut values: Vec<usize>) -> Vec<usize> {

@@ -19,6 +19,14 @@ use tokio::{net::TcpStream, sync::Notify};
 /// The longest the streams may take to open, beyond their stagger.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams opened per second at most. Opened faster, they overflow a one-thread proxy's
+/// accept queue, and the retransmitted SYNs (1 s, 3 s later) keep some from ever being open
+/// together with the others.
+const OPEN_RATE: f64 = 2000.0;
+
+/// How long after the last stream closed the proxy's memory is read again.
+const CLOSE_SETTLE: Duration = Duration::from_secs(1);
+
 /// What one SSE run measured.
 #[derive(Debug)]
 pub(crate) struct SseRun {
@@ -27,12 +35,37 @@ pub(crate) struct SseRun {
     /// Delay from the stand-in's `sent_at_us` stamp to arrival, µs, over every event but
     /// each stream's first (sent as the stream opens, it carries the connect's cost).
     pub(crate) delays: Histogram<u64>,
-    /// The proxy's RSS growth while every stream was open, KiB (`None` without a proxy).
-    pub(crate) rss_growth_kib: Option<i64>,
+    /// The proxy's memory around the run (`None` without a proxy).
+    pub(crate) memory: Option<SseMemory>,
 }
 
-/// Holds `streams` follow streams of one event every `interval` for `duration`; when
-/// `proxy` is given, samples its RSS before the streams open and once all are open.
+/// The proxy's RSS before the streams opened, while they were open, and after they closed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SseMemory {
+    pub(crate) before_kib: u64,
+    pub(crate) open_kib: u64,
+    /// Streams open when `open_kib` was read: all of them, unless some never opened.
+    pub(crate) open_streams: usize,
+    /// [`CLOSE_SETTLE`] after the last stream closed.
+    pub(crate) closed_kib: u64,
+}
+
+impl SseMemory {
+    /// RSS growth per open stream, KiB.
+    pub(crate) fn kib_per_open_stream(&self) -> f64 {
+        (self.open_kib as f64 - self.before_kib as f64) / self.open_streams.max(1) as f64
+    }
+
+    /// RSS still held after the streams closed, per stream that was open, KiB.
+    pub(crate) fn kib_per_closed_stream(&self) -> f64 {
+        (self.closed_kib as f64 - self.before_kib as f64) / self.open_streams.max(1) as f64
+    }
+}
+
+/// Holds `streams` follow streams of one event every `interval`, opened spread over one
+/// interval (or longer, at [`OPEN_RATE`]), all open together for `duration`; when `proxy` is
+/// given, samples its RSS before the streams open, once all are open (or, if some never
+/// open, halfway through) and [`CLOSE_SETTLE`] after all closed.
 pub(crate) async fn run(
     addr: SocketAddr,
     streams: usize,
@@ -40,8 +73,14 @@ pub(crate) async fn run(
     duration: Duration,
     proxy: Option<&Target>,
 ) -> SseRun {
-    let events = (duration.as_millis() / interval.as_millis().max(1)).max(1) as u64;
-    let interval_ms = interval.as_millis();
+    // Whole intervals, so that the streams' events stay evenly spread over each interval.
+    let intervals = (streams as f64 / OPEN_RATE / interval.as_secs_f64().max(1e-3)).ceil();
+    let window = interval * (intervals as u32).max(1);
+    let interval_ms = interval.as_millis().max(1);
+    // The stand-in sends `start`, `events` progress events and `end`, an interval apart. The
+    // streams opened first live longest, so that all overlap for `duration`.
+    let events = ((duration + window - interval).as_millis() / interval_ms).max(1) as u64;
+    let life = interval * (events as u32 + 1);
     let before = proxy.map(Target::rss_kib);
     let opened = Arc::new(AtomicUsize::new(0));
     let all_open = Arc::new(Notify::new());
@@ -51,10 +90,10 @@ pub(crate) async fn run(
             "/kestra/api/v1/main/executions/bench-{stream}/follow?events={events}&interval_ms={interval_ms}"
         );
         let (opened, all_open) = (opened.clone(), all_open.clone());
-        // Streams open spread over one interval, so their events are spread evenly in time
-        // instead of arriving in bursts of `streams`.
-        let stagger = interval.mul_f64(stream as f64 / streams as f64);
-        let limit = stagger + duration + OPEN_TIMEOUT;
+        // Streams open spread over the window, so their events are spread
+        // evenly in time instead of arriving in bursts of `streams`.
+        let stagger = window.mul_f64(stream as f64 / streams as f64);
+        let limit = stagger + life + OPEN_TIMEOUT;
         tasks.spawn(async move {
             tokio::time::sleep(stagger).await;
             let on_first_event = move || {
@@ -67,14 +106,15 @@ pub(crate) async fn run(
                 .unwrap_or_else(|_| new_histogram())
         });
     }
-    let mut rss_growth_kib = None;
-    if let (Some(proxy), Some(before)) = (proxy, before) {
-        let open = tokio::time::timeout(interval + OPEN_TIMEOUT, all_open.notified()).await;
-        if open.is_ok() {
-            // Let the buffers of the first events settle before reading.
-            tokio::time::sleep(interval.min(Duration::from_millis(500))).await;
-            rss_growth_kib = Some(proxy.rss_kib() as i64 - before as i64);
-        }
+    let mut open_sample = None;
+    if let (Some(proxy), Some(_)) = (proxy, before) {
+        // All streams overlap for `duration` after the window: halfway, those that opened
+        // still are open.
+        let wait = window + OPEN_TIMEOUT.min(duration / 2);
+        let _ = tokio::time::timeout(wait, all_open.notified()).await;
+        // Let the buffers of the first events settle before reading.
+        tokio::time::sleep(interval.min(Duration::from_millis(500))).await;
+        open_sample = Some((proxy.rss_kib(), opened.load(Ordering::Acquire)));
     }
     let mut delays = new_histogram();
     while let Some(joined) = tasks.join_next().await {
@@ -82,10 +122,22 @@ pub(crate) async fn run(
             let _ = delays.add(&h);
         }
     }
+    let memory = match (proxy, before, open_sample) {
+        (Some(proxy), Some(before_kib), Some((open_kib, open_streams))) => {
+            tokio::time::sleep(CLOSE_SETTLE).await;
+            Some(SseMemory {
+                before_kib,
+                open_kib,
+                open_streams,
+                closed_kib: proxy.rss_kib(),
+            })
+        }
+        _ => None,
+    };
     SseRun {
         opened: opened.load(Ordering::Acquire),
         delays,
-        rss_growth_kib,
+        memory,
     }
 }
 

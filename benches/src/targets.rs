@@ -1,9 +1,11 @@
-//! The processes under test: the upstreams, the kestra-edge gateway and nginx, each in a
-//! process of its own, bound to 127.0.0.1, with their CPU time and memory read from `/proc`.
+//! The processes under test: the upstreams, the kestra-edge gateway, nginx, HAProxy and
+//! Caddy, each in a process of its own, bound to 127.0.0.1, with their CPU time, memory and
+//! threads read from `/proc`.
 
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener},
+    num::NonZeroUsize,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -18,7 +20,29 @@ pub(crate) struct Target {
     pub(crate) name: &'static str,
     pub(crate) addr: SocketAddr,
     child: Option<Child>,
-    nginx_dir: Option<PathBuf>,
+    /// The directory of a server started from a config file (nginx, HAProxy, Caddy).
+    dir: Option<PathBuf>,
+    stop: Stop,
+}
+
+/// How a target's process is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// SIGKILL: a single process.
+    Kill,
+    /// SIGTERM to the main process, which stops its children (nginx's workers outlive a
+    /// SIGKILLed master).
+    Term,
+}
+
+/// How every proxy is sized, so that none is favoured: the same worker threads for all, and
+/// room for the most client connections a run holds at once (each with its upstream one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizing {
+    pub(crate) threads: NonZeroUsize,
+    pub(crate) connections: usize,
+    /// The open-files limit every process started from here inherits.
+    pub(crate) open_files: u64,
 }
 
 impl Target {
@@ -42,7 +66,8 @@ impl Target {
             name,
             addr,
             child: Some(child),
-            nginx_dir: None,
+            dir: None,
+            stop: Stop::Kill,
         })
     }
 
@@ -51,46 +76,21 @@ impl Target {
         nginx: &Path,
         config: &NginxConfig,
         upstream: SocketAddr,
+        sizing: Sizing,
     ) -> Result<Self, BoxError> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!(
-            "kestra-edge-bench-{}-{}-{port}",
-            std::process::id(),
-            config.name()
-        ));
+        let server = ConfigDir::new(config.name())?;
         for sub in ["logs", "client_body", "proxy_temp"] {
-            std::fs::create_dir_all(dir.join(sub))?;
+            std::fs::create_dir_all(server.dir.join(sub))?;
         }
         // Run as root, nginx's workers are `nobody`: they must be able to write request
         // bodies they buffer.
         for sub in ["client_body", "proxy_temp"] {
-            std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o777))?;
+            std::fs::set_permissions(server.dir.join(sub), std::fs::Permissions::from_mode(0o777))?;
         }
-        std::fs::write(dir.join("nginx.conf"), config.render(port, upstream))?;
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let target = Self {
-            name: config.name(),
-            addr,
-            child: Some(child),
-            nginx_dir: Some(dir),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if Instant::now() > deadline {
-                return Err(format!("{} did not start listening on {addr}", config.name()).into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(target)
+        let conf = server.write("nginx.conf", &config.render(server.port, upstream, sizing))?;
+        let mut command = Command::new(nginx);
+        command.arg("-p").arg(&server.dir).arg("-c").arg(conf);
+        server.start(command, Stop::Term)
     }
 
     /// The process and its children (nginx's workers).
@@ -112,7 +112,18 @@ impl Target {
 
     /// Resident memory of the process and its children, in KiB.
     pub(crate) fn rss_kib(&self) -> u64 {
-        self.pids().into_iter().map(rss_kib).sum()
+        self.pids()
+            .into_iter()
+            .map(|pid| status_field(pid, "VmRSS:"))
+            .sum()
+    }
+
+    /// OS threads of the process and its children.
+    pub(crate) fn os_threads(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .map(|pid| status_field(pid, "Threads:"))
+            .sum()
     }
 
     /// CPU time (user + system) used so far by the process and its children.
@@ -126,20 +137,165 @@ impl Drop for Target {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if self.nginx_dir.is_some() {
-            // nginx's workers outlive a SIGKILLed master: ask the master for a fast shutdown.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-        } else {
-            let _ = child.kill();
+        match self.stop {
+            Stop::Term => {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
+            }
+            Stop::Kill => {
+                let _ = child.kill();
+            }
         }
         let _ = child.wait();
-        if let Some(dir) = &self.nginx_dir {
+        if let Some(dir) = &self.dir {
+            let log = std::fs::read_to_string(dir.join(STDERR_LOG)).unwrap_or_default();
+            // Caddy logs its start at `info` before its config lowers the level.
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|line| !line.contains("\"level\":\"info\""))
+                .collect();
+            for line in &lines[lines.len().saturating_sub(10)..] {
+                eprintln!("{}: {line}", self.name);
+            }
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Where a server started from a config file writes its stderr (printed when it stops).
+const STDERR_LOG: &str = "stderr.log";
+
+/// The directory and port of a server started from a config file; removed with its
+/// [`Target`].
+pub(crate) struct ConfigDir {
+    name: &'static str,
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
+}
+
+impl ConfigDir {
+    /// A new directory under the temporary directory, and a free port for `name`.
+    pub(crate) fn new(name: &'static str) -> Result<Self, BoxError> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "kestra-edge-bench-{}-{name}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { name, dir, port })
+    }
+
+    /// Writes `contents` to `file` in the directory; returns its path.
+    pub(crate) fn write(&self, file: &str, contents: &str) -> std::io::Result<PathBuf> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, contents)?;
+        Ok(path)
+    }
+
+    /// Spawns `command` and waits until it accepts on 127.0.0.1:`port` (10 s at most).
+    pub(crate) fn start(self, mut command: Command, stop: Stop) -> Result<Target, BoxError> {
+        let stderr = std::fs::File::create(self.dir.join(STDERR_LOG))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut target = Target {
+            name: self.name,
+            addr,
+            child: Some(child),
+            dir: Some(self.dir),
+            stop,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            let exited = target
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(format!("{} exited ({status}) before listening", self.name).into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} did not start listening on {addr}", self.name).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(target)
+    }
+}
+
+/// Raises this process's open-files limit (which the servers it starts inherit) to `wanted`,
+/// or as far as the hard limit allows; returns the limit now in force.
+///
+/// An SSE stream through a proxy holds two descriptors in the proxy's process (client and
+/// upstream). Raising the hard limit needs `CAP_SYS_RESOURCE`; without it, the soft limit is
+/// raised up to the hard one. `unsafe_code` is forbidden here, so `prlimit(1)` sets it.
+pub(crate) fn raise_open_files(wanted: u64) -> u64 {
+    let (soft, hard) = open_files_limit();
+    if soft >= wanted {
+        return soft;
+    }
+    let pid = std::process::id().to_string();
+    let set = |limit: u64| {
+        Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid,
+                &format!("--nofile={limit}:{}", limit.max(hard)),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !set(wanted) && wanted > hard {
+        eprintln!(
+            "open files: the hard limit is {hard} and cannot be raised here (no CAP_SYS_RESOURCE); \
+             {wanted} were wanted: run `ulimit -Hn {wanted}` as a privileged user first"
+        );
+        let _ = set(hard);
+    }
+    open_files_limit().0
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process, from `/proc/self/limits`.
+fn open_files_limit() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let values: Vec<u64> = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .map(|v| v.parse().unwrap_or(u64::MAX))
+                .take(2)
+                .collect()
+        })
+        .unwrap_or_default();
+    match values[..] {
+        [soft, hard] => (soft, hard),
+        _ => (1024, 1024),
+    }
+}
+
+/// The first line a `program` prints for `args` (on stdout or stderr), e.g. its version.
+pub(crate) fn first_output_line(program: &Path, args: &[&str]) -> String {
+    let Ok(out) = Command::new(program).args(args).output() else {
+        return "?".to_owned();
+    };
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
 }
 
 /// A port that was free a moment ago, for a server (nginx) that cannot report its own.
@@ -147,14 +303,15 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// `VmRSS` of one process, in KiB (0 when it is gone).
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` field given in one number (`VmRSS:` in KiB, `Threads:`); 0 when
+/// the process is gone.
+fn status_field(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
+        .and_then(|value| value.parse().ok())
         .unwrap_or(0)
 }
 
@@ -252,8 +409,14 @@ impl NginxConfig {
     }
 
     /// The whole `nginx.conf`: the seed's `location /kestra` block inside a minimal `http`
-    /// block (two workers like the machine's two cores, no access log).
-    fn render(&self, port: u16, upstream: SocketAddr) -> String {
+    /// block (`sizing.threads` worker processes, no access log).
+    fn render(&self, port: u16, upstream: SocketAddr, sizing: Sizing) -> String {
+        let workers = sizing.threads;
+        // Any one worker may get every connection: room for all, client and upstream side.
+        let worker_connections = (2 * sizing.connections + 256).max(8192);
+        let rlimit_nofile = (worker_connections as u64 + 64)
+            .max(16384)
+            .min(sizing.open_files);
         let listen = match self {
             Self::Tls(tls) => tls.server_lines(port),
             Self::Seed | Self::Keepalive => format!("        listen 127.0.0.1:{port};\n"),
@@ -272,12 +435,12 @@ impl NginxConfig {
         format!(
             "daemon off;
 master_process on;
-worker_processes auto;
-worker_rlimit_nofile 16384;
+worker_processes {workers};
+worker_rlimit_nofile {rlimit_nofile};
 pid nginx.pid;
 error_log logs/error.log warn;
 events {{
-    worker_connections 8192;
+    worker_connections {worker_connections};
 }}
 http {{
     access_log off;
