@@ -394,4 +394,105 @@ mod tests {
         }
         assert!(checked >= 30, "only {checked} flags found");
     }
+
+    #[test]
+    fn defaults_match_the_nginx_block() {
+        let c = parse(&[]);
+        assert_eq!(c.listener.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.upstream.url, "http://127.0.0.1:8080");
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(600));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.host_header, HostHeader::Client);
+        assert_eq!(c.prefix.context_path, None);
+        assert_eq!(c.prefix.mode, PrefixModeArg::Keep);
+        assert_eq!(c.upstream.max_body, 10 << 30);
+        assert_eq!(c.upstream.max_uri, 16 << 10);
+        assert_eq!(c.listener.max_header_bytes, 64 << 10);
+        assert_eq!(c.listener.max_headers, 100);
+        assert_eq!(c.listener.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.listener.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.upstream.body_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        let c = parse(&[
+            "--max-body",
+            "1MiB",
+            "--max-uri",
+            "8 KiB",
+            "--max-header-bytes",
+            "16384",
+            "--max-headers",
+            "50",
+        ]);
+        assert_eq!(c.upstream.max_body, 1 << 20);
+        assert_eq!(c.upstream.max_uri, 8 << 10);
+        assert_eq!(c.listener.max_header_bytes, 16 << 10);
+        assert_eq!(c.listener.max_headers, 50);
+        assert!(Args::try_parse_from(["kestra-edge", "--max-body", "lots"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn limits_out_of_range_are_configuration_errors() {
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.listener.max_header_bytes = 4096;
+        let err = crate::Gateway::bind(c).await.unwrap_err();
+        assert!(err.to_string().contains("--max-header-bytes"), "{err}");
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.listener.max_headers = 0;
+        let err = crate::Gateway::bind(c).await.unwrap_err();
+        assert!(err.to_string().contains("--max-headers"), "{err}");
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let c = parse(&[
+            "--context-path",
+            "/kestra",
+            "--prefix-mode",
+            "strip",
+            "--read-timeout",
+            "2m",
+            "--connect-timeout",
+            "1500ms",
+            "--host-header",
+            "upstream",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "fd00::/8,192.0.2.1",
+            "--forwarded-omit",
+            "x-real-ip",
+        ]);
+        assert_eq!(c.prefix.context_path.as_deref(), Some("/kestra"));
+        assert_eq!(c.prefix.mode, PrefixModeArg::Strip);
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(120));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.upstream.host_header, HostHeader::Upstream);
+        assert_eq!(
+            c.forwarded.trusted_proxies,
+            ["10.0.0.0/8", "fd00::/8", "192.0.2.1"]
+        );
+        assert_eq!(c.forwarded.omit, [ForwardedHeader::XRealIp]);
+        assert!(Args::try_parse_from(["kestra-edge", "--prefix-mode", "drop"]).is_err());
+        assert!(Args::try_parse_from(["kestra-edge", "--forwarded-omit", "cookie"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_trusted_proxy_is_a_configuration_error() {
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.forwarded.trusted_proxies = vec!["10.0.0.0/33".to_owned()];
+        let err = crate::Gateway::bind(c).await.unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_context_path_is_a_configuration_error() {
+        let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+        c.prefix.context_path = Some("/kestra/".to_owned());
+        let err = crate::Gateway::bind(c).await.unwrap_err();
+        assert!(matches!(err, crate::GatewayError::Config(_)), "{err}");
+        assert!(err.to_string().contains("must not end with '/'"), "{err}");
+    }
 }
