@@ -249,7 +249,7 @@ impl ReverseProxyBuilder {
         };
 
         Ok(ReverseProxy {
-            client,
+            client: Arc::new(client),
             shared: Arc::new(Shared {
                 scheme,
                 authority,
@@ -295,15 +295,6 @@ where
     }
 }
 
-impl<B> Clone for UpstreamClient<B> {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Http(client) => Self::Http(client.clone()),
-            Self::Https(client) => Self::Https(client.clone()),
-        }
-    }
-}
-
 /// What every request of one proxy shares.
 #[derive(Debug)]
 struct Shared {
@@ -337,7 +328,9 @@ struct Shared {
 /// Each request runs in a `proxy` tracing span (level DEBUG) with `method`, `path`,
 /// `status` and `upstream_ms` (time to the response head).
 pub struct ReverseProxy<B> {
-    pub(crate) client: UpstreamClient<B>,
+    /// Shared: hyper-util's client is some 350 bytes, and tower services are cloned per
+    /// request (`TowerToHyperService`) and per connection.
+    pub(crate) client: Arc<UpstreamClient<B>>,
     shared: Arc<Shared>,
 }
 
