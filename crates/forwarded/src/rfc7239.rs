@@ -3,6 +3,7 @@
 use std::{
     fmt::{self, Write as _},
     net::{IpAddr, Ipv6Addr},
+    ops::Range,
 };
 
 /// Parses one `X-Forwarded-For` item or `for=` node into an address.
@@ -87,47 +88,107 @@ impl ForwardedElement {
 }
 
 impl fmt::Display for ForwardedElement {
-    /// Formats per RFC 7239 §4 and §6: an IPv6 `for` is bracketed and quoted
-    /// (`for="[2001:db8::1]"`); any value that is not a token is quoted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        let mut pair = |f: &mut fmt::Formatter<'_>, name: &str, value: &str| -> fmt::Result {
-            if !first {
-                f.write_char(';')?;
-            }
-            first = false;
-            write!(f, "{name}=")?;
-            write_value(f, value)
-        };
-        if let Some(ip) = self.for_node {
-            match ip {
-                IpAddr::V4(v4) => pair(f, "for", &v4.to_string())?,
-                IpAddr::V6(v6) => pair(f, "for", &format!("[{v6}]"))?,
-            }
+        let mut text = String::new();
+        write_element(
+            &mut text,
+            self.for_node,
+            self.proto.as_deref(),
+            self.host.as_deref(),
+        );
+        f.write_str(&text)
+    }
+}
+
+/// Appends one `Forwarded` element to `out`: the present parameters among `for`, `proto` and
+/// `host`, separated by `;` (RFC 7239 §4). An IPv6 `for` is bracketed and quoted
+/// (`for="[2001:db8::1]"`, RFC 7239 §6); any other value that is not a token is quoted.
+///
+/// Returns where in `out` the `for` address's text is, as [`write_ip`] writes it: the
+/// service sends that text in `X-Real-IP` too, formatted once. The service writes the
+/// elements it sends with this, straight into its scratch text: no `String` per parameter.
+pub(crate) fn write_element(
+    out: &mut String,
+    for_node: Option<IpAddr>,
+    proto: Option<&str>,
+    host: Option<&str>,
+) -> Option<Range<usize>> {
+    let mut separator = "";
+    let mut address = None;
+    if let Some(ip) = for_node {
+        // Digits and dots are a token; colons are not: always quoted, never escaped.
+        let quoted = ip.is_ipv6();
+        out.push_str(if quoted { "for=\"[" } else { "for=" });
+        let start = out.len();
+        write_ip(out, ip);
+        address = Some(start..out.len());
+        if quoted {
+            out.push_str("]\"");
         }
-        if let Some(proto) = &self.proto {
-            pair(f, "proto", proto)?;
+        separator = ";";
+    }
+    for (name, value) in [("proto=", proto), ("host=", host)] {
+        if let Some(value) = value {
+            out.push_str(separator);
+            out.push_str(name);
+            write_value(out, value);
+            separator = ";";
         }
-        if let Some(host) = &self.host {
-            pair(f, "host", host)?;
+    }
+    address
+}
+
+/// Appends `ip` as its `Display` writes it (`198.51.100.9`, `2001:db8::1`).
+///
+/// An IPv4 address is written digit by digit: `Ipv4Addr`'s `Display` runs the formatting
+/// machinery once per octet, which costs more than the rest of a `Forwarded` element.
+pub(crate) fn write_ip(out: &mut String, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        // Writing to a `String` cannot fail.
+        let _ = write!(out, "{ip}");
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
         }
-        Ok(())
+        write_decimal(out, octet.into());
+    }
+}
+
+/// Appends `n` in decimal, as its `Display` writes it, without the formatting machinery.
+pub(crate) fn write_decimal(out: &mut String, n: u16) {
+    // The digits from the lowest; a `u16` has at most five.
+    let mut digits = [0; 5];
+    let mut len = 0;
+    let mut rest = n;
+    loop {
+        digits[len] = (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &digit in digits[..len].iter().rev() {
+        out.push(char::from(b'0' + digit));
     }
 }
 
 /// A token as is, anything else as a quoted string (RFC 9110 §5.6.2, §5.6.4).
-fn write_value(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
+fn write_value(out: &mut String, value: &str) {
     if !value.is_empty() && value.bytes().all(is_tchar) {
-        return f.write_str(value);
+        out.push_str(value);
+        return;
     }
-    f.write_char('"')?;
+    out.push('"');
     for c in value.chars() {
         if c == '"' || c == '\\' {
-            f.write_char('\\')?;
+            out.push('\\');
         }
-        f.write_char(c)?;
+        out.push(c);
     }
-    f.write_char('"')
+    out.push('"');
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -247,6 +308,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ip_text_at_the_digit_boundaries() {
+        for ip in [
+            "0.9.10.99",
+            "100.199.200.255",
+            "0.0.0.0",
+            "::",
+            "2001:db8::1",
+            "::ffff:0.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut text = String::new();
+            write_ip(&mut text, ip);
+            assert_eq!(text, ip.to_string());
+        }
+        for n in [0, 9, 10, 99, 100, 999, 1000, 9999, 10000, u16::MAX] {
+            let mut text = String::new();
+            write_decimal(&mut text, n);
+            assert_eq!(text, n.to_string());
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -269,6 +352,20 @@ mod tests {
                 let element = ForwardedElement { for_node, proto, host };
                 let text = element.to_string();
                 prop_assert_eq!(ForwardedElement::parse(&text), Some(element));
+            }
+
+            #[test]
+            fn ip_text_is_display(ip in prop_oneof![ip(), any::<[u16; 8]>().prop_map(IpAddr::from)]) {
+                let mut text = String::new();
+                write_ip(&mut text, ip);
+                prop_assert_eq!(text, ip.to_string());
+            }
+
+            #[test]
+            fn decimal_text_is_display(n in any::<u16>()) {
+                let mut text = String::new();
+                write_decimal(&mut text, n);
+                prop_assert_eq!(text, n.to_string());
             }
 
             #[test]

@@ -1,7 +1,6 @@
 //! [`ForwardedLayer`] and the [`Forwarded`] service.
 
-use crate::rfc7239::{parse_node, ForwardedElement};
-use bytes::Bytes;
+use crate::rfc7239::{parse_node, write_decimal, write_element, write_ip, ForwardedElement};
 use futures_util::future::Either;
 use http::{
     header::{FORWARDED, HOST},
@@ -12,9 +11,9 @@ use ipnet::IpNet;
 use kestra_edge_headers::{list_items, plain_text, remove_hop_by_hop};
 use kestra_edge_server::{PeerAddr, TlsConnection};
 use std::{
-    fmt::Write as _,
     future::{ready, Ready},
     net::{IpAddr, SocketAddr},
+    ops::Range,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -192,6 +191,13 @@ impl Scheme {
             Self::Https => 443,
         }
     }
+
+    fn default_port_value(self) -> HeaderValue {
+        match self {
+            Self::Http => HeaderValue::from_static("80"),
+            Self::Https => HeaderValue::from_static("443"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -299,7 +305,7 @@ fn peer_addr<B>(req: &Request<B>) -> Option<IpAddr> {
 /// Request) status code to any HTTP/1.1 request message that lacks a Host header field and
 /// to any request message that contains more than one Host header field line or a Host
 /// header field with an invalid field value").
-fn effective_host<B>(req: &mut Request<B>) -> Result<Option<HeaderValue>, ()> {
+fn effective_host<B>(req: &mut Request<B>) -> Result<Option<Host>, ()> {
     let mut lines = req.headers().get_all(HOST).iter();
     let host = lines.next().cloned();
     if lines.next().is_some() {
@@ -307,35 +313,48 @@ fn effective_host<B>(req: &mut Request<B>) -> Result<Option<HeaderValue>, ()> {
     }
     if let Some(authority) = req.uri().authority() {
         let value = HeaderValue::from_str(authority.as_str()).map_err(|_| ())?;
-        req.headers_mut().insert(HOST, value.clone());
-        return Ok(Some(value));
+        let host = Host {
+            value: value.clone(),
+            port: authority.port_u16(),
+        };
+        req.headers_mut().insert(HOST, value);
+        return Ok(Some(host));
     }
     match host {
-        Some(value) if is_host(value.as_bytes()) => Ok(Some(value)),
-        Some(_) => Err(()),
+        Some(value) => Host::parse(value).map(Some).ok_or(()),
         None if req.version() == Version::HTTP_11 => Err(()),
         None => Ok(None),
     }
 }
 
-/// The explicit port of a `host[:port]` value.
-fn host_port(value: &[u8]) -> Option<u16> {
-    Authority::try_from(value).ok()?.port_u16()
+/// A `host[:port]` the client addressed, with its explicit port.
+#[derive(Debug)]
+struct Host {
+    /// Sent as `X-Forwarded-Host`.
+    value: HeaderValue,
+    port: Option<u16>,
 }
 
-/// Whether `value` is `host[:port]` with no user info.
-fn is_host(value: &[u8]) -> bool {
-    !value.is_empty() && !value.contains(&b'@') && Authority::try_from(value).is_ok()
+impl Host {
+    /// `value` if it is `host[:port]` with no user info; parsed once, for the port too.
+    fn parse(value: HeaderValue) -> Option<Self> {
+        let text = value.as_bytes();
+        if text.is_empty() || text.contains(&b'@') {
+            return None;
+        }
+        let port = Authority::try_from(text).ok()?.port_u16();
+        Some(Self { value, port })
+    }
 }
 
 /// Who the client is, as the gateway tells the upstream.
 #[derive(Debug)]
 struct ClientView {
     client: Option<IpAddr>,
-    /// The client first, then every trusted hop, the peer last.
-    chain: Vec<IpAddr>,
+    /// Every trusted hop after the client, the peer last; empty when the peer is the client.
+    hops: Vec<IpAddr>,
     scheme: Scheme,
-    host: Option<HeaderValue>,
+    host: Option<Host>,
     /// The port the client addressed, when known; else the scheme's default.
     port: Option<u16>,
 }
@@ -348,13 +367,13 @@ impl ClientView {
         config: &Config,
         headers: &mut HeaderMap,
         peer: Option<IpAddr>,
-        host: Option<HeaderValue>,
+        host: Option<Host>,
         tls: bool,
     ) -> Self {
         remove_hop_by_hop(headers);
         let mut view = Self {
             client: peer,
-            chain: peer.into_iter().collect(),
+            hops: Vec::new(),
             scheme: if tls { Scheme::Https } else { config.scheme },
             host,
             port: None,
@@ -366,12 +385,8 @@ impl ClientView {
         // Docker's `-p 8080:8000` they differ): the Host's, so that X-Forwarded-Host,
         // X-Forwarded-Port and `Forwarded: host=` agree; else what a trusted hop reported;
         // else the scheme's default (as Traefik does).
-        let host_port = view.host.as_ref().and_then(|h| host_port(h.as_bytes()));
-        view.port = host_port.or(view.port);
-        for name in &CLAIMS {
-            headers.remove(name);
-        }
-        remove_underscored_names(headers);
+        view.port = view.host.as_ref().and_then(|h| h.port).or(view.port);
+        remove_claims(headers);
         view
     }
 
@@ -394,8 +409,8 @@ impl ClientView {
             let untrusted = addresses.iter().rposition(|&ip| !config.is_trusted(ip));
             let client = untrusted.unwrap_or(0);
             self.client = Some(addresses[client]);
-            self.chain = addresses[client..].to_vec();
-            self.chain.push(peer);
+            self.hops = addresses[client + 1..].to_vec();
+            self.hops.push(peer);
         }
 
         let first = |name: &HeaderName| list_items(headers, name).next();
@@ -413,14 +428,8 @@ impl ClientView {
             self.scheme = scheme;
         }
         let host = first(&X_FORWARDED_HOST)
-            .filter(|h| is_host(h))
-            .and_then(|h| HeaderValue::from_bytes(h).ok())
-            .or_else(|| {
-                let host = first_element?.host.as_deref()?;
-                is_host(host.as_bytes())
-                    .then(|| HeaderValue::from_str(host).ok())
-                    .flatten()
-            });
+            .and_then(|h| Host::parse(HeaderValue::from_bytes(h).ok()?))
+            .or_else(|| Host::parse(HeaderValue::from_str(first_element?.host.as_deref()?).ok()?));
         if let Some(host) = host {
             self.host = Some(host);
         }
@@ -432,99 +441,145 @@ impl ClientView {
     }
 
     /// Adds the enabled headers.
-    fn write(&self, enabled: &ForwardedHeaders, headers: &mut HeaderMap) {
-        let proto = HeaderValue::from_static(self.scheme.as_str());
-        if let Some(client) = self.client {
-            let client_value = text_value(client.to_string());
-            if enabled.x_forwarded_for {
-                // One hop, the common case: the same value as X-Real-IP, shared.
-                let chain = match self.chain.as_slice() {
-                    [only] if *only == client => Some(client_value.clone()),
-                    chain => {
-                        let mut text = String::with_capacity(chain.len() * 17);
-                        for (i, hop) in chain.iter().enumerate() {
-                            if i > 0 {
-                                text.push_str(", ");
-                            }
-                            let _ = write!(text, "{hop}");
-                        }
-                        Some(text_value(text))
-                    }
-                };
-                if let Some(Some(value)) = chain {
-                    headers.insert(X_FORWARDED_FOR, value);
+    fn write(self, enabled: &ForwardedHeaders, headers: &mut HeaderMap) {
+        // The values are formatted into one scratch buffer, then each is copied into a header
+        // value of its own: slices of one shared buffer would update its reference count
+        // atomically on every slice and drop, measured slower than copying a few bytes.
+        let mut text = String::with_capacity(self.text_room(enabled));
+        let mut client_in_forwarded = None;
+        let forwarded = enabled.forwarded.then(|| {
+            let host = self.host.as_ref().and_then(|h| h.value.to_str().ok());
+            append(&mut text, |t| {
+                // The client's element with `proto` and `host`, then one `for=` per hop.
+                client_in_forwarded =
+                    write_element(t, self.client, Some(self.scheme.as_str()), host);
+                for &hop in &self.hops {
+                    t.push_str(", ");
+                    write_element(t, Some(hop), None, None);
                 }
-            }
-            if enabled.x_real_ip {
-                headers.insert(
-                    X_REAL_IP,
-                    client_value.unwrap_or_else(|| HeaderValue::from_static("unknown")),
-                );
-            }
+            })
+        });
+        // The client's address as `Forwarded` has it, else written now.
+        let client = self
+            .client
+            .filter(|_| enabled.x_real_ip || enabled.x_forwarded_for)
+            .map(|ip| {
+                client_in_forwarded.unwrap_or_else(|| append(&mut text, |t| write_ip(t, ip)))
+            });
+        // `client, hop, …, peer`: just the client when the peer is the client.
+        let chain = client
+            .clone()
+            .filter(|_| enabled.x_forwarded_for)
+            .map(|client| {
+                if self.hops.is_empty() {
+                    return client;
+                }
+                append(&mut text, |t| {
+                    for (i, &ip) in self.client.iter().chain(&self.hops).enumerate() {
+                        if i > 0 {
+                            t.push_str(", ");
+                        }
+                        write_ip(t, ip);
+                    }
+                })
+            });
+        // Any port but the scheme's default, which nearly every request has and is a constant.
+        let other_port = self
+            .port
+            .filter(|&port| enabled.x_forwarded_port && port != self.scheme.default_port())
+            .map(|port| append(&mut text, |t| write_decimal(t, port)));
+
+        let value = |range: Range<usize>| {
+            let bytes = text.as_bytes().get(range)?;
+            HeaderValue::from_bytes(bytes).ok()
+        };
+        if let Some(chain) = chain.and_then(value) {
+            headers.insert(X_FORWARDED_FOR, chain);
         }
+        if let (true, Some(client)) = (enabled.x_real_ip, client) {
+            headers.insert(
+                X_REAL_IP,
+                value(client).unwrap_or_else(|| HeaderValue::from_static("unknown")),
+            );
+        }
+        let proto = HeaderValue::from_static(self.scheme.as_str());
         if enabled.x_forwarded_proto {
             headers.insert(X_FORWARDED_PROTO, proto.clone());
         }
         if enabled.x_forwarded_protocol {
             headers.insert(X_FORWARDED_PROTOCOL, proto);
         }
-        if let (true, Some(host)) = (enabled.x_forwarded_host, &self.host) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+        if let (true, Some(host)) = (enabled.x_forwarded_host, self.host) {
+            headers.insert(X_FORWARDED_HOST, host.value);
         }
         if enabled.x_forwarded_port {
-            let port = self.port.unwrap_or(self.scheme.default_port());
-            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
-        }
-        if enabled.forwarded {
-            if let Some(value) = text_value(self.forwarded()) {
-                headers.insert(FORWARDED, value);
+            if let Some(port) = other_port.map_or(Some(self.scheme.default_port_value()), value) {
+                headers.insert(X_FORWARDED_PORT, port);
             }
         }
-    }
-
-    /// `Forwarded`: the client's element with `proto` and `host`, then one `for=` per hop.
-    fn forwarded(&self) -> String {
-        let host = self.host.as_ref().and_then(|h| h.to_str().ok());
-        let first = ForwardedElement {
-            for_node: self.client,
-            proto: Some(self.scheme.as_str().to_owned()),
-            host: host.map(str::to_owned),
-        };
-        let mut out = first.to_string();
-        for &hop in self.chain.iter().skip(1) {
-            out.push_str(", ");
-            out.push_str(
-                &ForwardedElement {
-                    for_node: Some(hop),
-                    ..ForwardedElement::default()
-                }
-                .to_string(),
-            );
+        if let Some(forwarded) = forwarded.and_then(value) {
+            headers.insert(FORWARDED, forwarded);
         }
-        out
+    }
+
+    /// Room for everything [`write`](Self::write) formats, so that its buffer is allocated
+    /// once. An address is at most 39 bytes of text (IPv6): the client's text, a port and the
+    /// first `Forwarded` element (47 for `for=`, `;proto=https;host=""`) fit in 128 with the
+    /// host; each hop adds 41 to `X-Forwarded-For` and 49 to `Forwarded`.
+    fn text_room(&self, enabled: &ForwardedHeaders) -> usize {
+        if !(enabled.x_real_ip
+            || enabled.x_forwarded_for
+            || enabled.x_forwarded_port
+            || enabled.forwarded)
+        {
+            return 0;
+        }
+        let host = self.host.as_ref().map_or(0, |h| h.value.len());
+        128 + host + 96 * self.hops.len()
     }
 }
 
-/// A header value that takes over `text`'s buffer instead of copying it.
-fn text_value(text: String) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+/// Appends what `write` writes to `text`; the range it fills.
+fn append(text: &mut String, write: impl FnOnce(&mut String)) -> Range<usize> {
+    let start = text.len();
+    write(text);
+    start..text.len()
 }
 
-/// Drops every header whose name has an underscore (`X_Forwarded_For`): some backends fold
-/// `_` into `-`, which would let a client smuggle the headers removed above (nginx drops
-/// them too, `underscores_in_headers off`).
-fn remove_underscored_names(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| name.as_str().contains('_')) {
-        return;
+/// Removes every claim a client could make: the [`CLAIMS`], and every header whose name has
+/// an underscore (`X_Forwarded_For`): some backends fold `_` into `-`, which would let a
+/// client smuggle the claims back in (nginx drops them too, `underscores_in_headers off`).
+fn remove_claims(headers: &mut HeaderMap) {
+    // One look at each name first: a browser's request holds none of them, and removing
+    // each claim by name would hash all eight names.
+    let (mut claims, mut underscored) = (false, false);
+    for name in headers.keys() {
+        claims |= CLAIMS.contains(name);
+        underscored |= has_underscore(name);
     }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().contains('_'))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
+    if claims {
+        for name in &CLAIMS {
+            headers.remove(name);
+        }
     }
+    if underscored {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| has_underscore(name))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Whether `name` has an underscore. Branch-free: every name of every request is looked at,
+/// and a branch per byte costs more than the comparisons.
+fn has_underscore(name: &HeaderName) -> bool {
+    name.as_str()
+        .bytes()
+        .fold(false, |found, byte| found | (byte == b'_'))
 }
 
 #[cfg(test)]
@@ -532,6 +587,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::Full;
+    use kestra_edge_headers::HOP_BY_HOP;
     use kestra_edge_server::LocalAddr;
     use std::{
         convert::Infallible,
@@ -669,6 +725,34 @@ mod tests {
         assert_eq!(get(&headers, "x-forwarded-prefix"), None);
         assert!(headers.keys().all(|n| !n.as_str().contains('_')));
         assert_eq!(get(&headers, "connection"), None);
+    }
+
+    #[tokio::test]
+    async fn each_hop_by_hop_field_is_removed_as_the_shared_rule_says() {
+        let layer = layer(&[]);
+        for name in &HOP_BY_HOP {
+            let lines = [
+                ("host", "h"),
+                (name.as_str(), "trailers, x-a"),
+                ("x-a", "1"),
+            ];
+            let mut expected = HeaderMap::new();
+            for (name, value) in lines {
+                expected.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_static(value),
+                );
+            }
+            remove_hop_by_hop(&mut expected);
+            let headers = run(&layer, Some("192.0.2.1:1"), &lines).await.unwrap();
+            for seen in [name.as_str(), "x-a"] {
+                assert_eq!(
+                    headers.get_all(seen).iter().collect::<Vec<_>>(),
+                    expected.get_all(seen).iter().collect::<Vec<_>>(),
+                    "{name}: {seen}"
+                );
+            }
+        }
     }
 
     #[tokio::test]
