@@ -80,8 +80,8 @@ async fn the_gateway_allocates_little_per_request() {
         direct as f64 / REQUESTS as f64,
         proxied as f64 / REQUESTS as f64,
     );
-    // Measured 2026-11-30; the bound leaves room for noise (timers, pool bookkeeping), not for
-    // a new allocation on every request.
+    // Measured 2026-11-30: 47, then 38 with the cheaper forwarded layer. The bound leaves room
+    // for noise (timers, pool bookkeeping), not for new allocations on every request.
     assert!(
         per_request < BOUND,
         "{per_request:.1} allocations per request"
@@ -89,4 +89,4 @@ async fn the_gateway_allocates_little_per_request() {
 }
 
 /// The most allocations per proxied request this test lets pass.
-const BOUND: f64 = 60.0;
+const BOUND: f64 = 44.0;
