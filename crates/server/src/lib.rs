@@ -393,3 +393,72 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(local).await.is_err());
     }
 }
+
+#[cfg(test)]
+mod h2_keep_alive_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A gateway-style server with 100 ms PINGs, answered within 100 ms or the connection ends.
+    async fn server() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap()
+            .h2_keep_alive(Some(Duration::from_millis(100)), Duration::from_millis(100));
+        let addr = server.local_addr().unwrap();
+        let service = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(String::from("pong")))
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.serve(service, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn an_http2_client_that_does_not_answer_pings_is_closed() {
+        let (addr, _stop) = server().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The prior-knowledge preface and an empty SETTINGS frame (RFC 9113 §3.4), then silence:
+        // no SETTINGS ACK, no PING ACK.
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut frames = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut frames)).await;
+        assert!(read.is_ok(), "still open 5 s later");
+        // A PING frame (type 6) was sent before the close.
+        assert!(
+            frames
+                .windows(4)
+                .any(|w| w[0] == 0 && w[1] == 8 && w[2] == 6),
+            "no PING in {frames:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http2_client_that_answers_pings_stays_connected() {
+        let (addr, _stop) = server().await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The h2 crate answers PINGs by itself while its connection is driven.
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        let driven = tokio::spawn(conn);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut send = send
+            .ready()
+            .await
+            .expect("still connected after 3 PING periods");
+        let (response, _) = send
+            .send_request(Request::get("http://t/").body(()).unwrap(), true)
+            .unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        assert!(!driven.is_finished());
+    }
+}
