@@ -45,6 +45,32 @@ pub enum ProxyError {
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// A response extension on the gateway's own answer when the upstream failed before any
+/// byte of a response: what a balancer over several upstreams needs for passive ejection
+/// and for choosing whether a request may go to another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamFailure {
+    /// The upstream refused the connection, was unreachable, or failed the TLS handshake:
+    /// no byte of the request was sent and its body was never read.
+    Connect,
+    /// Connecting took longer than `connect_timeout`: nothing was sent, the body never read.
+    ConnectTimeout,
+    /// The connection closed, was reset, or carried something that is not HTTP, before any
+    /// byte of a response; the request (or part of it) may have reached the upstream.
+    Closed,
+    /// No response head within `read_timeout`: the upstream got the request and is silent.
+    ResponseTimeout,
+}
+
+impl UpstreamFailure {
+    /// Whether the request certainly never reached the upstream, so that it may be sent to
+    /// another one whatever its method.
+    pub fn never_sent(self) -> bool {
+        matches!(self, Self::Connect | Self::ConnectTimeout)
+    }
+}
+
 impl ProxyError {
     /// The status the client is answered with.
     pub fn status(&self) -> StatusCode {
@@ -72,6 +98,19 @@ impl ProxyError {
         match self {
             Self::UpstreamTls(tls) => Some(tls),
             _ => None,
+        }
+    }
+
+    /// The upstream's part in this failure, when the upstream (not the client) failed.
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        match self {
+            Self::Connect(_) | Self::UpstreamTls(_) => Some(UpstreamFailure::Connect),
+            Self::ConnectTimeout => Some(UpstreamFailure::ConnectTimeout),
+            Self::Upstream(_) => Some(UpstreamFailure::Closed),
+            Self::ResponseTimeout => Some(UpstreamFailure::ResponseTimeout),
+            Self::RequestBody(_) | Self::BodyTooLarge | Self::BodyTimeout | Self::UriTooLong => {
+                None
+            }
         }
     }
 

@@ -153,7 +153,11 @@ impl Future for ResponseFuture {
                                 tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), upstream_ms, "proxy failed")
                             }
                         }
-                        plain_response(err.status(), &err.to_string())
+                        let mut response = plain_response(err.status(), &err.to_string());
+                        if let Some(failure) = err.upstream_failure() {
+                            response.extensions_mut().insert(failure);
+                        }
+                        response
                     }
                 };
                 span.record("status", response.status().as_u16());

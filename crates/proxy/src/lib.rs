@@ -62,7 +62,7 @@ mod service;
 mod tls;
 
 pub use body::{BodyTimeout, BodyTooLarge, ProxyBody, RequestBody};
-pub use error::{BodyError, ProxyError, UpstreamTlsError, UpstreamTlsReason};
+pub use error::{BodyError, ProxyError, UpstreamFailure, UpstreamTlsError, UpstreamTlsReason};
 pub use future::{EventStreamReadTimeout, ResponseFuture};
 pub use service::{
     BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_BODY_TIMEOUT,

@@ -553,6 +553,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_connection_is_marked_never_sent() {
+        use tower::ServiceExt;
+        // Bind then drop: nothing listens on the port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = ReverseProxyBuilder::new(format!("http://127.0.0.1:{port}"))
+            .build::<TestBody>()
+            .unwrap();
+        let request = Request::get("/ping").body(TestBody::new()).unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let failure = response.extensions().get::<crate::UpstreamFailure>();
+        assert_eq!(failure, Some(&crate::UpstreamFailure::Connect));
+        assert!(failure.is_some_and(|f| f.never_sent()));
+    }
+
+    #[tokio::test]
     async fn connect_is_answered_405_and_never_forwarded() {
         use tower::ServiceExt;
         // Nothing listens on port 9 of a test box; CONNECT must not even try it.
