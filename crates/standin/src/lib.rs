@@ -17,6 +17,14 @@
 //! | `{ctx}/api/v1/trailers` | a chunked body followed by a `x-checksum` trailer |
 //! | `{ctx}/api/v1/redirect?to=URL` | `302` with `Location`, `Content-Location` and `Refresh` set to `URL`, and two cookies with `Path={ctx}/` and `Path={ctx}/api` |
 //!
+//! Replicas, for balancing tests: with [`StandinConfig::replica`] every answer carries
+//! `x-replica: NAME`; with [`StandinConfig::management`] a second listener answers
+//! `/health/readiness` (like Kestra's management port 8081) with 200 or, once a test calls
+//! [`StandinControl::set_ready`]`(false)`, 503; [`StandinControl::set_delay`] slows every
+//! answer of the main port; [`IsolatedStandin`] runs on a runtime of its own that
+//! [`IsolatedStandin::kill`] drops at once, closing its listeners and connections
+//! mid-answer, like a killed process.
+//!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
 //! let standin = kestra_edge_standin::Standin::start(Default::default()).await?;
@@ -45,7 +53,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, OnceLock,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -63,6 +71,11 @@ pub struct StandinConfig {
     pub events: u64,
     /// Where to listen (default `127.0.0.1:0`).
     pub listen: SocketAddr,
+    /// The name sent as `x-replica` on every answer (default none).
+    pub replica: Option<String>,
+    /// Where the management listener (`/health/readiness`, `/health/liveness`) listens
+    /// (default: none).
+    pub management: Option<SocketAddr>,
 }
 
 impl Default for StandinConfig {
@@ -72,8 +85,66 @@ impl Default for StandinConfig {
             event_interval: Duration::from_millis(500),
             events: 10,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            replica: None,
+            management: None,
         }
     }
+}
+
+/// Switches a running stand-in's readiness and speed, for balancing tests.
+#[derive(Debug, Clone, Default)]
+pub struct StandinControl {
+    not_ready: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl StandinControl {
+    /// Whether `/health/readiness` answers 200 (`true`, the start) or 503.
+    pub fn set_ready(&self, ready: bool) {
+        self.not_ready.store(!ready, Ordering::Release);
+    }
+
+    /// Delays every answer of the main port by `delay` (zero: none, the start).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::Release);
+    }
+}
+
+/// The management port's routes: Kestra's health endpoints.
+fn management_router(control: StandinControl) -> Router {
+    Router::new()
+        .route(
+            "/health/readiness",
+            get(move || {
+                let control = control.clone();
+                async move {
+                    if control.not_ready.load(Ordering::Acquire) {
+                        (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"DOWN\"}")
+                    } else {
+                        (StatusCode::OK, "{\"status\":\"UP\"}")
+                    }
+                }
+            }),
+        )
+        .route("/health/liveness", get(|| async { "{\"status\":\"UP\"}" }))
+}
+
+/// Names the replica on every answer and applies the configured delay.
+async fn replica_layer(
+    State((name, control)): State<(Option<HeaderValue>, StandinControl)>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let delay = control.delay_ms.load(Ordering::Acquire);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut response = next.run(req).await;
+    if let Some(name) = name {
+        response.headers_mut().insert("x-replica", name);
+    }
+    response
 }
 
 /// Live counts of a stand-in, for tests that check what reached the upstream.
@@ -110,8 +181,10 @@ impl StandinStats {
 #[derive(Debug)]
 pub struct Standin {
     addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
     context_path: String,
     stats: StandinStats,
+    control: StandinControl,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<io::Result<()>>,
 }
@@ -129,18 +202,55 @@ impl Standin {
             connections: server.connections(),
         };
         let context_path = config.context_path.clone();
-        let app = router(config, stats.clone());
+        let control = StandinControl::default();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(app, async {
-            let _ = stopped.await;
-        }));
+        let mut management_addr = None;
+        let stopped = match config.management {
+            Some(listen) => {
+                let management = Server::bind(listen).await?.shutdown_grace(Duration::ZERO);
+                management_addr = Some(management.local_addr()?);
+                let (stop_management, management_stopped) = oneshot::channel::<()>();
+                tokio::spawn(management.serve(management_router(control.clone()), async {
+                    let _ = management_stopped.await;
+                }));
+                Box::pin(async move {
+                    let _ = stopped.await;
+                    let _ = stop_management.send(());
+                })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            }
+            None => Box::pin(async move {
+                let _ = stopped.await;
+            }),
+        };
+        let name = config
+            .replica
+            .as_deref()
+            .and_then(|n| HeaderValue::from_str(n).ok());
+        let app = router(config, stats.clone()).layer(axum::middleware::from_fn_with_state(
+            (name, control.clone()),
+            replica_layer,
+        ));
+        let task = tokio::spawn(server.serve(app, stopped));
         Ok(Self {
             addr,
+            management_addr,
             context_path,
             stats,
+            control,
             stop: Some(stop),
             task,
         })
+    }
+
+    /// The management listener's address, when [`StandinConfig::management`] is set.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
+    }
+
+    /// The switches of readiness and speed.
+    pub fn control(&self) -> &StandinControl {
+        &self.control
     }
 
     /// The address it listens on.
@@ -550,4 +660,78 @@ async fn trailers(method: Method) -> Response {
         *response.body_mut() = Body::empty();
     }
     response
+}
+
+/// A stand-in on a runtime of its own, so that [`kill`](Self::kill) can stop it the way a
+/// `SIGKILL` stops a process: every listener and connection closed at once, mid-answer,
+/// with no graceful shutdown.
+#[derive(Debug)]
+pub struct IsolatedStandin {
+    addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
+    stats: StandinStats,
+    control: StandinControl,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl IsolatedStandin {
+    /// Starts a stand-in on a new one-thread runtime.
+    pub fn start(config: StandinConfig) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let standin = runtime.block_on(async {
+            let standin = Standin::start(config).await?;
+            io::Result::Ok(standin)
+        })?;
+        let (addr, management_addr) = (standin.addr(), standin.management_addr());
+        let (stats, control) = (standin.stats().clone(), standin.control().clone());
+        // Served until the runtime goes: the handle lives in a task of its own.
+        runtime.spawn(async move {
+            let _ = standin.wait().await;
+        });
+        Ok(Self {
+            addr,
+            management_addr,
+            stats,
+            control,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The main listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The management listener's address.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
+    }
+
+    /// Its live counts.
+    pub fn stats(&self) -> &StandinStats {
+        &self.stats
+    }
+
+    /// The switches of readiness and speed.
+    pub fn control(&self) -> &StandinControl {
+        &self.control
+    }
+
+    /// Drops the runtime at once: every task, listener and connection goes.
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for IsolatedStandin {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
