@@ -16,7 +16,11 @@
 //!    it are answered 404, unsafe paths 400;
 //! 4. [`sse`]: event streams forwarded event by event, with heartbeats at event boundaries
 //!    and their own idle and lifetime limits;
-//! 5. [`proxy`]: limits (414 for an over-long target, 413 for a body over `max_body`),
+//! 5. [`auth`]: forward authentication (oauth2-proxy, Authelia, Authentik) and Kestra's
+//!    credentials injected, when [configured](KestraEdgeBuilder::forward_auth); after the
+//!    forwarded layer, whose `X-Forwarded-*` it sends to the auth service, and the prefix
+//!    layer, so that nothing outside the context path costs an auth round trip;
+//! 6. [`proxy`]: limits (414 for an over-long target, 413 for a body over `max_body`),
 //!    `Host`, timeouts, streaming to the upstream.
 //!
 //! The request head limits (431 for too many or too large header fields, the header read
@@ -76,6 +80,8 @@ use std::{
 };
 use tower::{util::Either, Layer, Service};
 
+pub use kestra_edge_auth as auth;
+pub use kestra_edge_auth::ForwardAuthLayer;
 pub use kestra_edge_forwarded as forwarded;
 pub use kestra_edge_forwarded::ForwardedHeaders;
 pub use kestra_edge_prefix as prefix;
@@ -88,6 +94,7 @@ pub use kestra_edge_tls as tls;
 pub use kestra_edge_upgrade as upgrade;
 pub use kestra_edge_upgrade::Tunnels;
 
+use kestra_edge_auth::ForwardAuth;
 use kestra_edge_forwarded::{Forwarded, ForwardedLayer, ForwardedLayerBuilder};
 use kestra_edge_prefix::{Prefix, PrefixLayer};
 use kestra_edge_proxy::{ReverseProxy, ReverseProxyBuilder};
@@ -119,6 +126,7 @@ pub struct KestraEdgeBuilder {
     read_timeout: Duration,
     tunnel_idle_timeout: Option<Duration>,
     context_path: Option<(String, PrefixMode)>,
+    auth: ForwardAuthLayer,
 }
 
 impl KestraEdgeBuilder {
@@ -244,6 +252,14 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// Checks every request with a forward-auth service and presents Kestra's credentials
+    /// upstream, as `layer` is configured (see [`auth`]); off by default. Clones of this
+    /// builder share the layer's connection pool, allow cache and credentials.
+    pub fn forward_auth(mut self, layer: ForwardAuthLayer) -> Self {
+        self.auth = layer;
+        self
+    }
+
     /// Builds the stack for request bodies of type `B` (hyper's `Incoming` when serving with
     /// [`server::Server`], axum's `Body` inside a `Router`).
     pub fn build<B>(self) -> Result<KestraEdge<B>, BuildError>
@@ -255,7 +271,7 @@ impl KestraEdgeBuilder {
         let forwarded = self.forwarded.build()?;
         let proxy: ReverseProxy<B> = self.proxy.build()?;
         let upstream = proxy.upstream().to_string();
-        let guarded = self.sse.layer(proxy);
+        let guarded = self.sse.layer(self.auth.layer(proxy));
         let routed = match self.context_path {
             Some((path, mode)) => {
                 let layer =
@@ -282,7 +298,7 @@ impl KestraEdgeBuilder {
 
 /// The layers around the proxy, outermost first.
 type Stack<B> = Upgrade<Forwarded<Either<Prefix<Guarded<B>, Guarded<B>>, Guarded<B>>>>;
-type Guarded<B> = SseGuard<ReverseProxy<B>>;
+type Guarded<B> = SseGuard<ForwardAuth<ReverseProxy<B>>>;
 
 /// The body of every response of the stack.
 pub type EdgeBody = SseBody<ProxyBody>;
@@ -313,6 +329,7 @@ impl KestraEdge<()> {
             read_timeout: proxy::DEFAULT_READ_TIMEOUT,
             tunnel_idle_timeout: None,
             context_path: None,
+            auth: ForwardAuthLayer::disabled(),
         }
     }
 }

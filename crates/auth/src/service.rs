@@ -1,0 +1,274 @@
+//! The [`ForwardAuth`] service and its [`ResponseFuture`].
+
+use crate::{
+    body::MessageBody,
+    cache::{AllowCache, Identity},
+    check::{check, is_https, original_uri, Decision},
+    credentials::{protect_response, Secure},
+    layer::Config,
+};
+use bytes::Bytes;
+use http::{
+    header::{CONTENT_TYPE, SET_COOKIE},
+    HeaderValue, Request, Response, StatusCode,
+};
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+use tower::Service;
+
+/// The service of [`ForwardAuthLayer`](crate::ForwardAuthLayer).
+#[derive(Debug, Clone)]
+pub struct ForwardAuth<S> {
+    inner: S,
+    config: Option<Arc<Config>>,
+}
+
+impl<S> ForwardAuth<S> {
+    pub(crate) fn new(inner: S, config: Option<Arc<Config>>) -> Self {
+        Self { inner, config }
+    }
+}
+
+/// What happens to the upstream's response of a forwarded request.
+#[derive(Debug, Default)]
+struct After {
+    /// `Set-Cookie` of a 2xx auth answer (a session refresh).
+    set_cookies: Vec<HeaderValue>,
+    /// With Kestra's credentials: `BASIC_AUTH` never set in the browser; and the flag cookie
+    /// when the client lacks it.
+    protect: Option<Option<Secure>>,
+}
+
+impl After {
+    fn apply(self, headers: &mut http::HeaderMap) {
+        if let Some(flag) = self.protect {
+            protect_response(headers, flag);
+        }
+        for cookie in self.set_cookies {
+            headers.append(SET_COOKIE, cookie);
+        }
+    }
+}
+
+impl Config {
+    /// Prepares an allowed request: identity headers, Kestra's credentials.
+    fn forward<B>(
+        &self,
+        req: &mut Request<B>,
+        identity: &Identity,
+        set_cookies: Vec<HeaderValue>,
+    ) -> After {
+        let headers = req.headers_mut();
+        for (name, value) in identity.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+        let protect = self.credentials.as_ref().map(|credentials| {
+            let lacks_flag = credentials.apply(req.headers_mut());
+            lacks_flag.then(|| Secure(is_https(req)))
+        });
+        After {
+            set_cookies,
+            protect,
+        }
+    }
+}
+
+type Check = Pin<Box<dyn Future<Output = Decision> + Send>>;
+
+impl<S, B, ResBody> Service<Request<B>> for ForwardAuth<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    ResBody: MessageBody,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let Some(config) = &self.config else {
+            return ResponseFuture::upstream(self.inner.call(req), After::default());
+        };
+        // A client never chooses its own identity, bypassed or not.
+        for name in &config.response_headers {
+            req.headers_mut().remove(name);
+        }
+        let Some(auth) = &config.auth else {
+            let after = config.forward(&mut req, &Identity::from([]), Vec::new());
+            return ResponseFuture::upstream(self.inner.call(req), after);
+        };
+        let path = original_uri(&req).path();
+        if config.bypass.iter().any(|bypass| bypass.matches(path)) {
+            // Open in Kestra: forwarded as the client sent it, never with Kestra's credentials;
+            // still never letting Kestra put them in the browser.
+            let after = After {
+                set_cookies: Vec::new(),
+                protect: config.credentials.as_ref().map(|_| None),
+            };
+            return ResponseFuture::upstream(self.inner.call(req), after);
+        }
+        let key = auth
+            .cache
+            .as_ref()
+            .and_then(|_| AllowCache::key(req.headers()));
+        if let (Some(cache), Some(key)) = (&auth.cache, &key) {
+            if let Some(identity) = cache.get(key) {
+                let after = config.forward(&mut req, &identity, Vec::new());
+                return ResponseFuture::upstream(self.inner.call(req), after);
+            }
+        }
+        let Some(request) = auth.request_for(&req) else {
+            return ResponseFuture::answer(StatusCode::BAD_REQUEST, "invalid request target\n");
+        };
+        let check: Check = Box::pin(check(config.clone(), request, key));
+        // The ready service goes into the future; this one gets a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Checking {
+                check,
+                request: Some(req),
+                inner: Some(inner),
+                config: config.clone(),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ForwardAuth`]: asking the auth service, then the inner service.
+    pub struct ResponseFuture<S, B, F, ResBody> {
+        #[pin]
+        state: State<S, B, F, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, F, ResBody> {
+        Checking {
+            check: Check,
+            request: Option<Request<B>>,
+            inner: Option<S>,
+            config: Arc<Config>,
+        },
+        Upstream {
+            #[pin]
+            future: F,
+            after: Option<After>,
+        },
+        Answer {
+            response: Option<Response<ResBody>>,
+        },
+    }
+}
+
+impl<S, B, F, ResBody> fmt::Debug for ResponseFuture<S, B, F, ResBody> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, F, ResBody> ResponseFuture<S, B, F, ResBody> {
+    fn upstream(future: F, after: After) -> Self {
+        Self {
+            state: State::Upstream {
+                future,
+                after: Some(after),
+            },
+        }
+    }
+
+    fn answer(status: StatusCode, text: &'static str) -> Self
+    where
+        ResBody: MessageBody,
+    {
+        Self {
+            state: State::Answer {
+                response: Some(message(status, text)),
+            },
+        }
+    }
+}
+
+fn message<ResBody: MessageBody>(status: StatusCode, text: &'static str) -> Response<ResBody> {
+    let mut response = Response::new(ResBody::message(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl<S, B, F, E, ResBody> Future for ResponseFuture<S, B, F, ResBody>
+where
+    S: Service<Request<B>, Future = F>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: MessageBody,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().state.project() {
+                StateProj::Checking {
+                    check,
+                    request,
+                    inner,
+                    config,
+                } => {
+                    let decision = ready!(check.as_mut().poll(cx));
+                    let (Some(mut req), Some(mut inner)) = (request.take(), inner.take()) else {
+                        return Poll::Ready(Ok(unavailable()));
+                    };
+                    match decision {
+                        Decision::Allow {
+                            identity,
+                            set_cookies,
+                        } => {
+                            let after = config.forward(&mut req, &identity, set_cookies);
+                            State::Upstream {
+                                future: inner.call(req),
+                                after: Some(after),
+                            }
+                        }
+                        Decision::Deny(response) => {
+                            return Poll::Ready(Ok(response.map(ResBody::message)));
+                        }
+                        Decision::Unavailable => return Poll::Ready(Ok(unavailable())),
+                    }
+                }
+                StateProj::Upstream { future, after } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(after) = after.take() {
+                        after.apply(response.headers_mut());
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Answer { response } => {
+                    return Poll::Ready(Ok(response.take().unwrap_or_else(unavailable)));
+                }
+            };
+            self.as_mut().project().state.set(next);
+        }
+    }
+}
+
+/// The auth service could not decide: fail closed.
+fn unavailable<ResBody: MessageBody>() -> Response<ResBody> {
+    message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication service unavailable\n",
+    )
+}
