@@ -20,6 +20,12 @@ pub trait Resolve: Send + Sync + 'static {
     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> Resolving<'a>;
 }
 
+impl<R: Resolve + ?Sized> Resolve for std::sync::Arc<R> {
+    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> Resolving<'a> {
+        (**self).resolve(host, port)
+    }
+}
+
 /// The operating system's resolver (`getaddrinfo`, through tokio).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemResolver;

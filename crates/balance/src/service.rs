@@ -129,6 +129,22 @@ impl BalanceBuilder {
         }
     }
 
+    /// Adds another upstream.
+    pub fn upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstreams.push(url.into());
+        self
+    }
+
+    /// The upstreams given so far.
+    pub fn upstreams(&self) -> &[String] {
+        &self.upstreams
+    }
+
+    /// The affinity settings given so far.
+    pub fn affinity_settings(&self) -> Option<&Affinity> {
+        self.affinity.as_ref()
+    }
+
     /// How each replica is proxied: `factory(url)` returns the builder for the replica at
     /// `url` (timeouts, limits, CA files), [`ReverseProxyBuilder::new`] by default.
     pub fn proxy(

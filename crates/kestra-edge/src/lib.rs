@@ -28,6 +28,29 @@
 //! serve with [`tls::TlsAcceptor`] as the server's transport for HTTPS with HTTP/2 (ALPN),
 //! and the forwarded layer tells Kestra `https`.
 //!
+//! Several Kestra webserver replicas: add each with [`KestraEdgeBuilder::upstream`] (or
+//! give a host name that resolves to one address per replica), configure the
+//! [`balance`] settings with [`KestraEdgeBuilder::balance`], and build one stack per worker
+//! thread with [`KestraEdgeBuilder::build_per_worker`]: the replicas are resolved and
+//! probed first, and every stack shares one balancer. A single upstream without balancing
+//! settings keeps the direct path ([`proxy::ReverseProxy`] with nothing in between).
+//!
+//! ```no_run
+//! use kestra_edge::{balance::HealthCheck, KestraEdge, PrefixMode};
+//!
+//! # async fn run() -> Result<(), kestra_edge::BuildError> {
+//! let mut check = HealthCheck::new("/health/readiness");
+//! check.port = Some(8081);
+//! let stacks = KestraEdge::builder("http://kestra-webserver-headless:8080")
+//!     .context_path("/kestra", PrefixMode::Keep)
+//!     .balance(|b| b.health_check(check))
+//!     .build_per_worker::<hyper::body::Incoming>(2)
+//!     .await?;
+//! # let _ = stacks;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Embedding it in your own axum app:
 //!
 //! ```
@@ -69,12 +92,16 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+mod upstream;
+
 use axum::Router;
 use http::{Request, Response};
 use http_body::Body;
 use std::{
     convert::Infallible,
     error::Error as StdError,
+    fmt,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -82,6 +109,7 @@ use tower::{util::Either, Layer, Service};
 
 pub use kestra_edge_auth as auth;
 pub use kestra_edge_auth::ForwardAuthLayer;
+pub use kestra_edge_balance as balance;
 pub use kestra_edge_forwarded as forwarded;
 pub use kestra_edge_forwarded::ForwardedHeaders;
 pub use kestra_edge_prefix as prefix;
@@ -93,6 +121,7 @@ pub use kestra_edge_sse as sse;
 pub use kestra_edge_tls as tls;
 pub use kestra_edge_upgrade as upgrade;
 pub use kestra_edge_upgrade::Tunnels;
+pub use upstream::{Upstream, UpstreamBody, UpstreamFuture};
 
 use kestra_edge_auth::ForwardAuth;
 use kestra_edge_forwarded::{Forwarded, ForwardedLayer, ForwardedLayerBuilder};
@@ -114,12 +143,32 @@ pub enum BuildError {
     /// The trusted proxies or listener scheme.
     #[error(transparent)]
     Forwarded(#[from] forwarded::ForwardedError),
+    /// The balancing settings, or no replica to start with.
+    #[error(transparent)]
+    Balance(#[from] balance::BuildError),
+    /// Balancing resolves and probes the replicas first: build with
+    /// [`KestraEdgeBuilder::build_per_worker`].
+    #[error("several upstreams or balancing settings: build with build_per_worker")]
+    NeedsBalancer,
+}
+
+/// The proxy settings given so far, kept to configure every replica's proxy the same way.
+#[derive(Clone)]
+struct ProxySettings(Vec<Arc<dyn Fn(ReverseProxyBuilder) -> ReverseProxyBuilder + Send + Sync>>);
+
+impl fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxySettings({})", self.0.len())
+    }
 }
 
 /// Configures a [`KestraEdge`] stack; every setting is validated by [`build`](Self::build).
 #[derive(Debug, Clone)]
 pub struct KestraEdgeBuilder {
     proxy: ReverseProxyBuilder,
+    settings: ProxySettings,
+    balance: balance::BalanceBuilder,
+    balanced: bool,
     forwarded: ForwardedLayerBuilder,
     sse: SseGuardLayer,
     upgrade: UpgradeLayer,
@@ -133,19 +182,29 @@ impl KestraEdgeBuilder {
     /// See [`ReverseProxyBuilder::connect_timeout`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.proxy = self.proxy.connect_timeout(timeout);
+        self.settings
+            .0
+            .push(Arc::new(move |p| p.connect_timeout(timeout)));
         self
     }
 
     /// Also trusts the certificates of the PEM file at `path` for an `https://` upstream
     /// (a cluster's private CA); repeatable. See [`ReverseProxyBuilder::upstream_ca`].
     pub fn upstream_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.proxy = self.proxy.upstream_ca(path);
+        let path = path.into();
+        self.proxy = self.proxy.upstream_ca(path.clone());
+        self.settings
+            .0
+            .push(Arc::new(move |p| p.upstream_ca(path.clone())));
         self
     }
 
     /// See [`ReverseProxyBuilder::read_timeout`].
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.proxy = self.proxy.read_timeout(timeout);
+        self.settings
+            .0
+            .push(Arc::new(move |p| p.read_timeout(timeout)));
         self.read_timeout = timeout;
         self
     }
@@ -155,6 +214,7 @@ impl KestraEdgeBuilder {
     /// upstream.
     pub fn max_body(mut self, bytes: u64) -> Self {
         self.proxy = self.proxy.max_body(bytes);
+        self.settings.0.push(Arc::new(move |p| p.max_body(bytes)));
         self
     }
 
@@ -162,6 +222,9 @@ impl KestraEdgeBuilder {
     /// [`ReverseProxyBuilder::body_timeout`]: 408, and the upstream request is aborted.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.proxy = self.proxy.body_timeout(timeout);
+        self.settings
+            .0
+            .push(Arc::new(move |p| p.body_timeout(timeout)));
         self
     }
 
@@ -169,6 +232,7 @@ impl KestraEdgeBuilder {
     /// 414.
     pub fn max_uri(mut self, bytes: usize) -> Self {
         self.proxy = self.proxy.max_uri(bytes);
+        self.settings.0.push(Arc::new(move |p| p.max_uri(bytes)));
         self
     }
 
@@ -176,12 +240,18 @@ impl KestraEdgeBuilder {
     /// [`ReverseProxyBuilder::pool_idle_timeout`].
     pub fn upstream_idle_timeout(mut self, timeout: Duration) -> Self {
         self.proxy = self.proxy.pool_idle_timeout(timeout);
+        self.settings
+            .0
+            .push(Arc::new(move |p| p.pool_idle_timeout(timeout)));
         self
     }
 
     /// See [`ReverseProxyBuilder::preserve_host`].
     pub fn preserve_host(mut self, preserve: bool) -> Self {
         self.proxy = self.proxy.preserve_host(preserve);
+        self.settings
+            .0
+            .push(Arc::new(move |p| p.preserve_host(preserve)));
         self
     }
 
@@ -260,18 +330,114 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// Adds another Kestra webserver replica (`http://host:port`); with more than one, the
+    /// stack balances over them (see [`balance`]) and is built with
+    /// [`build_per_worker`](Self::build_per_worker).
+    pub fn upstream(mut self, url: impl Into<String>) -> Self {
+        self.balance = self.balance.upstream(url);
+        self.balanced = true;
+        self
+    }
+
+    /// Balances, even over one upstream (a host name resolving to one address per
+    /// replica), with the settings `configure` makes: health checks, retries, affinity, DNS
+    /// refresh, the resolver. Every replica is proxied with this builder's proxy settings;
+    /// the affinity cookie's path is the context path.
+    pub fn balance(
+        mut self,
+        configure: impl FnOnce(balance::BalanceBuilder) -> balance::BalanceBuilder,
+    ) -> Self {
+        self.balance = configure(self.balance);
+        self.balanced = true;
+        self
+    }
+
+    /// Whether the stack balances over replicas.
+    pub fn is_balanced(&self) -> bool {
+        self.balanced
+    }
+
+    /// Builds one stack per worker thread (`workers` at least 1). Balanced, the replicas are
+    /// resolved and probed first and every stack shares one balancer (each worker keeps its
+    /// own connection pool per replica); otherwise each is [`build`](Self::build).
+    pub async fn build_per_worker<B>(self, workers: usize) -> Result<Vec<KestraEdge<B>>, BuildError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let workers = workers.max(1);
+        if !self.balanced {
+            return (0..workers).map(|_| self.clone().build()).collect();
+        }
+        let settings = self.settings.clone();
+        let mut balance = self.balance.clone().workers(workers).proxy(move |url| {
+            settings
+                .0
+                .iter()
+                .fold(ReverseProxyBuilder::new(url), |builder, setting| {
+                    setting(builder)
+                })
+        });
+        if let Some(affinity) = balance.affinity_settings().cloned() {
+            // Keep mode: the browser's path is the context path. Strip mode: the prefix layer
+            // maps the upstream's cookie paths back under the prefix, so `/` becomes it.
+            let path = match &self.context_path {
+                Some((path, PrefixMode::Keep)) => path.clone(),
+                _ => "/".to_owned(),
+            };
+            balance = balance.affinity(Some(balance::Affinity { path, ..affinity }));
+        }
+        let authority = balance
+            .upstreams()
+            .first()
+            .and_then(|u| u.parse::<http::Uri>().ok())
+            .and_then(|u| u.authority().map(ToString::to_string))
+            .unwrap_or_default();
+        let balancer = balance.build::<B>().await?;
+        (0..workers)
+            .map(|worker| {
+                self.clone().compose(
+                    Upstream::Balanced(balancer.service(worker)),
+                    authority.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Builds the stack for request bodies of type `B` (hyper's `Incoming` when serving with
-    /// [`server::Server`], axum's `Body` inside a `Router`).
+    /// [`server::Server`], axum's `Body` inside a `Router`). Several upstreams or balancing
+    /// settings need [`build_per_worker`](Self::build_per_worker) instead
+    /// ([`BuildError::NeedsBalancer`]).
     pub fn build<B>(self) -> Result<KestraEdge<B>, BuildError>
     where
         B: Body + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        if self.balanced {
+            return Err(BuildError::NeedsBalancer);
+        }
+        let proxy: ReverseProxy<B> = self.proxy.clone().build()?;
+        let authority = proxy.upstream().to_string();
+        self.compose(Upstream::Single(proxy), authority)
+    }
+
+    /// The layers around `upstream`, whose (first) authority is `authority`.
+    fn compose<B>(
+        self,
+        upstream: Upstream<B>,
+        authority: String,
+    ) -> Result<KestraEdge<B>, BuildError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
         let forwarded = self.forwarded.build()?;
-        let proxy: ReverseProxy<B> = self.proxy.build()?;
-        let upstream = proxy.upstream().to_string();
-        let guarded = self.sse.layer(self.auth.layer(proxy));
+        let upstream_service = upstream.clone();
+        let guarded = self.sse.layer(self.auth.layer(upstream));
+        let upstream = authority;
         let routed = match self.context_path {
             Some((path, mode)) => {
                 let layer =
@@ -286,6 +452,7 @@ impl KestraEdgeBuilder {
         Ok(KestraEdge {
             tunnels: upgrade.tunnels().clone(),
             stack: upgrade.layer(forwarded.layer(routed)),
+            upstream: upstream_service,
         })
     }
 
@@ -298,19 +465,28 @@ impl KestraEdgeBuilder {
 
 /// The layers around the proxy, outermost first.
 type Stack<B> = Upgrade<Forwarded<Either<Prefix<Guarded<B>, Guarded<B>>, Guarded<B>>>>;
-type Guarded<B> = SseGuard<ForwardAuth<ReverseProxy<B>>>;
+type Guarded<B> = SseGuard<ForwardAuth<Upstream<B>>>;
 
 /// The body of every response of the stack.
-pub type EdgeBody = SseBody<ProxyBody>;
+pub type EdgeBody = SseBody<UpstreamBody>;
 
 /// The whole kestra-edge stack as one tower service; see the [crate docs](crate).
 #[derive(Debug)]
 pub struct KestraEdge<B> {
     stack: Stack<B>,
     tunnels: Tunnels,
+    upstream: Upstream<B>,
 }
 
 impl<B> KestraEdge<B> {
+    /// The replicas and their state, when the stack balances.
+    pub fn replicas(&self) -> Option<Vec<balance::ReplicaState>> {
+        match &self.upstream {
+            Upstream::Single(_) => None,
+            Upstream::Balanced(balance) => Some(balance.replicas()),
+        }
+    }
+
     /// The open upgrade tunnels; close the rest with [`Tunnels::drain`] when shutting down.
     pub fn tunnels(&self) -> &Tunnels {
         &self.tunnels
@@ -321,8 +497,12 @@ impl KestraEdge<()> {
     /// Starts configuring a stack in front of the Kestra webserver at `upstream`
     /// (`http://host:port`).
     pub fn builder(upstream: impl Into<String>) -> KestraEdgeBuilder {
+        let upstream = upstream.into();
         KestraEdgeBuilder {
-            proxy: ReverseProxyBuilder::new(upstream),
+            proxy: ReverseProxyBuilder::new(upstream.clone()),
+            settings: ProxySettings(Vec::new()),
+            balance: balance::BalanceBuilder::new([upstream]),
+            balanced: false,
             forwarded: ForwardedLayer::builder(),
             sse: SseGuardLayer::new(),
             upgrade: UpgradeLayer::new(),
@@ -339,6 +519,7 @@ impl<B> Clone for KestraEdge<B> {
         Self {
             stack: self.stack.clone(),
             tunnels: self.tunnels.clone(),
+            upstream: self.upstream.clone(),
         }
     }
 }

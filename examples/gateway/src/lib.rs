@@ -97,11 +97,16 @@ impl Gateway {
             CompressionSwitch(config.streams.compression).and(DefaultPredicate::new()),
         );
         let workers = config.listener.workers;
-        // Clones of one builder share the tunnel count, so one drain closes them all.
-        let services = (0..workers.get())
-            .map(|_| Ok(compression.layer(edge.clone().build()?)))
-            .collect::<Result<Vec<_>, kestra_edge::BuildError>>()
-            .map_err(ConfigError::from)?;
+        // Clones of one builder share the tunnel count, so one drain closes them all; with
+        // several replicas, one balancer (resolved and probed here, before the listener is
+        // bound) serves every worker.
+        let services: Vec<GatewayService> = edge
+            .build_per_worker(workers.get())
+            .await
+            .map_err(ConfigError::from)?
+            .into_iter()
+            .map(|edge| compression.layer(edge))
+            .collect();
         let tunnels = services[0].get_ref().tunnels().clone();
 
         let mut tls = TlsState::default();
@@ -202,6 +207,11 @@ impl Gateway {
         }
     }
 
+    /// The replicas and their state, when the gateway balances over several.
+    pub fn replicas(&self) -> Option<Vec<kestra_edge::balance::ReplicaState>> {
+        self.services.first().and_then(|s| s.get_ref().replicas())
+    }
+
     /// The open upgrade tunnels.
     pub fn tunnels(&self) -> &kestra_edge::Tunnels {
         &self.tunnels
@@ -291,6 +301,13 @@ fn stack(config: &GatewayConfig) -> kestra_edge::KestraEdgeBuilder {
     }
     if let Some(path) = &config.prefix.context_path {
         edge = edge.context_path(path.clone(), config.prefix.mode.into());
+    }
+    let balance = &config.balance;
+    if !upstream.more.is_empty() || balance.is_set() {
+        for url in &upstream.more {
+            edge = edge.upstream(url.clone());
+        }
+        edge = edge.balance(|b| balance.apply(b));
     }
     let streams = &config.streams;
     if let Some(idle) = streams.tunnel_idle_timeout {

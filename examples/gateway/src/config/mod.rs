@@ -8,6 +8,7 @@ use clap::Parser;
 use serde::Deserialize;
 use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
 
+mod balance;
 mod forwarded;
 mod listener;
 mod prefix;
@@ -15,6 +16,7 @@ mod streams;
 mod tls;
 mod upstream;
 
+pub use balance::{AffinityMode, BalanceArgs, BalanceConfig, Resolver};
 pub use forwarded::{ForwardedArgs, ForwardedConfig, ForwardedHeader};
 pub use listener::{ListenerArgs, ListenerConfig};
 pub use prefix::{PrefixArgs, PrefixConfig, PrefixModeArg};
@@ -44,6 +46,9 @@ pub struct Args {
     pub upstream: UpstreamArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub balance: BalanceArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub forwarded: ForwardedArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -65,6 +70,8 @@ struct FileConfig {
     tls: tls::TlsFile,
     #[serde(flatten)]
     upstream: upstream::UpstreamFile,
+    #[serde(flatten)]
+    balance: balance::BalanceFile,
     #[serde(flatten)]
     forwarded: forwarded::ForwardedFile,
     #[serde(flatten)]
@@ -156,6 +163,8 @@ pub struct GatewayConfig {
     pub tls: TlsConfig,
     /// Kestra's webserver.
     pub upstream: UpstreamConfig,
+    /// Balancing over several replicas.
+    pub balance: BalanceConfig,
     /// What the upstream is told about the client.
     pub forwarded: ForwardedConfig,
     /// The context path.
@@ -207,6 +216,7 @@ impl GatewayConfig {
             listener: ListenerConfig::resolve(args.listener, file.listener),
             tls: TlsConfig::resolve(args.tls, file.tls),
             upstream: UpstreamConfig::resolve(args.upstream, file.upstream),
+            balance: BalanceConfig::resolve(args.balance, file.balance),
             forwarded: ForwardedConfig::resolve(args.forwarded, file.forwarded),
             prefix: PrefixConfig::resolve(args.prefix, file.prefix),
             streams: StreamsConfig::resolve(args.streams, file.streams),
@@ -393,6 +403,142 @@ mod tests {
             }
         }
         assert!(checked >= 30, "only {checked} flags found");
+    }
+
+    #[test]
+    fn balance_flags_work_from_the_command_line_the_environment_and_the_file() {
+        let c = parse(&[]);
+        assert_eq!(c.upstream.url, "http://127.0.0.1:8080");
+        assert!(c.upstream.more.is_empty());
+        assert!(!c.balance.is_set());
+        assert_eq!(c.balance.health_path, None);
+        assert_eq!(c.balance.health_interval, Duration::from_secs(5));
+        assert_eq!(c.balance.health_timeout, Duration::from_secs(2));
+        assert_eq!((c.balance.health_fails, c.balance.health_passes), (2, 2));
+        assert_eq!(c.balance.retries, 1);
+        assert_eq!(c.balance.dns_refresh, None);
+        assert_eq!(c.balance.affinity, AffinityMode::None);
+        assert_eq!(c.balance.affinity_cookie, "kestra_edge_replica");
+
+        let c = parse(&[
+            "--upstream",
+            "http://10.0.0.1:8080",
+            "--upstream",
+            "http://10.0.0.2:8080,http://10.0.0.3:8080",
+            "--health-path",
+            "/health/readiness",
+            "--health-port",
+            "8081",
+            "--health-interval",
+            "1s",
+            "--health-timeout",
+            "300ms",
+            "--health-fails",
+            "3",
+            "--health-passes",
+            "4",
+            "--retries",
+            "2",
+            "--dns-refresh",
+            "10s",
+            "--affinity",
+            "cookie",
+            "--affinity-cookie",
+            "edge",
+            "--affinity-key-file",
+            "/k/key",
+        ]);
+        assert_eq!(c.upstream.url, "http://10.0.0.1:8080");
+        assert_eq!(
+            c.upstream.more,
+            ["http://10.0.0.2:8080", "http://10.0.0.3:8080"]
+        );
+        let b = &c.balance;
+        assert!(b.is_set());
+        assert_eq!(b.health_path.as_deref(), Some("/health/readiness"));
+        assert_eq!(b.health_port, Some(8081));
+        assert_eq!(b.health_interval, Duration::from_secs(1));
+        assert_eq!(b.health_timeout, Duration::from_millis(300));
+        assert_eq!((b.health_fails, b.health_passes, b.retries), (3, 4, 2));
+        assert_eq!(b.dns_refresh, Some(Duration::from_secs(10)));
+        assert_eq!(b.affinity, AffinityMode::Cookie);
+        assert_eq!(b.affinity_cookie, "edge");
+        assert_eq!(
+            b.affinity_key_file.as_deref(),
+            Some(std::path::Path::new("/k/key"))
+        );
+        assert!(Args::try_parse_from(["kestra-edge", "--affinity", "ip"]).is_err());
+
+        let c = with_file(
+            r#"
+                upstream = ["http://a:8080", "http://b:8080"]
+                health_path = "/health/readiness"
+                health_port = 8081
+                health_interval = "250ms"
+                health_timeout = "100ms"
+                health_fails = 5
+                health_passes = 6
+                retries = 0
+                dns_refresh = "1m"
+                affinity = "cookie"
+                affinity_cookie = "f"
+                affinity_key_file = "/f/key"
+            "#,
+            &["--health-fails", "7"],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.url, "http://a:8080");
+        assert_eq!(c.upstream.more, ["http://b:8080"]);
+        let b = &c.balance;
+        assert_eq!(b.health_port, Some(8081));
+        assert_eq!(b.health_interval, Duration::from_millis(250));
+        assert_eq!(b.health_timeout, Duration::from_millis(100));
+        assert_eq!((b.health_fails, b.health_passes, b.retries), (7, 6, 0));
+        assert_eq!(b.dns_refresh, Some(Duration::from_secs(60)));
+        assert_eq!(b.affinity, AffinityMode::Cookie);
+        assert_eq!(b.affinity_cookie, "f");
+        assert_eq!(
+            b.affinity_key_file.as_deref(),
+            Some(std::path::Path::new("/f/key"))
+        );
+        let c = with_file("upstream = \"http://one:8080\"", &[]).unwrap();
+        assert_eq!(c.upstream.url, "http://one:8080");
+        assert!(c.upstream.more.is_empty());
+
+        // The environment: only variables no other test reads.
+        let vars = [
+            ("KESTRA_EDGE_HEALTH_PATH", "/env/ready"),
+            ("KESTRA_EDGE_HEALTH_PORT", "9091"),
+            ("KESTRA_EDGE_HEALTH_INTERVAL", "3s"),
+            ("KESTRA_EDGE_HEALTH_TIMEOUT", "1s"),
+            ("KESTRA_EDGE_HEALTH_FAILS", "8"),
+            ("KESTRA_EDGE_HEALTH_PASSES", "9"),
+            ("KESTRA_EDGE_RETRIES", "3"),
+            ("KESTRA_EDGE_DNS_REFRESH", "5s"),
+            ("KESTRA_EDGE_AFFINITY", "cookie"),
+            ("KESTRA_EDGE_AFFINITY_COOKIE", "envcookie"),
+            ("KESTRA_EDGE_AFFINITY_KEY_FILE", "/env/key"),
+        ];
+        for (name, value) in vars {
+            std::env::set_var(name, value);
+        }
+        let c = parse(&[]);
+        for (name, _) in vars {
+            std::env::remove_var(name);
+        }
+        let b = &c.balance;
+        assert_eq!(b.health_path.as_deref(), Some("/env/ready"));
+        assert_eq!(b.health_port, Some(9091));
+        assert_eq!(b.health_interval, Duration::from_secs(3));
+        assert_eq!(b.health_timeout, Duration::from_secs(1));
+        assert_eq!((b.health_fails, b.health_passes, b.retries), (8, 9, 3));
+        assert_eq!(b.dns_refresh, Some(Duration::from_secs(5)));
+        assert_eq!(b.affinity, AffinityMode::Cookie);
+        assert_eq!(b.affinity_cookie, "envcookie");
+        assert_eq!(
+            b.affinity_key_file.as_deref(),
+            Some(std::path::Path::new("/env/key"))
+        );
     }
 
     #[test]

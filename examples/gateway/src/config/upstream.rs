@@ -22,10 +22,16 @@ pub enum HostHeader {
 /// Flags of the upstream.
 #[derive(Debug, Default, clap::Args)]
 pub struct UpstreamArgs {
-    /// Kestra's webserver, http://host:port or https://host:port
+    /// Kestra's webserver, http://host:port or https://host:port; repeatable, one per
+    /// replica (a name resolving to several addresses is one replica per address)
     /// [default: http://127.0.0.1:8080].
-    #[arg(long, env = "KESTRA_EDGE_UPSTREAM", value_name = "URL")]
-    pub upstream: Option<String>,
+    #[arg(
+        long,
+        env = "KESTRA_EDGE_UPSTREAM",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub upstream: Vec<String>,
     /// A PEM file of CA certificates trusted for an https upstream, besides the system's;
     /// repeatable.
     #[arg(
@@ -66,7 +72,7 @@ pub struct UpstreamArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) struct UpstreamFile {
-    upstream: Option<String>,
+    upstream: Option<OneOrMany>,
     upstream_ca: Option<Vec<PathBuf>>,
     #[serde(default, with = "humantime_serde_opt")]
     connect_timeout: Option<Duration>,
@@ -81,11 +87,21 @@ pub(super) struct UpstreamFile {
     host_header: Option<HostHeader>,
 }
 
+/// `upstream = "http://a:8080"` or `upstream = ["http://a:8080", "http://b:8080"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// The upstream's resolved settings.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// See `--upstream`.
+    /// See `--upstream`: the first one.
     pub url: String,
+    /// See `--upstream`: the other replicas.
+    pub more: Vec<String>,
     /// See `--upstream-ca`.
     pub ca: Vec<PathBuf>,
     /// See `--connect-timeout`.
@@ -106,11 +122,20 @@ pub struct UpstreamConfig {
 
 impl UpstreamConfig {
     pub(super) fn resolve(args: UpstreamArgs, file: UpstreamFile) -> Self {
+        let mut urls = match (args.upstream, file.upstream) {
+            (urls, _) if !urls.is_empty() => urls,
+            (_, Some(OneOrMany::One(url))) => vec![url],
+            (_, Some(OneOrMany::Many(urls))) => urls,
+            (_, None) => Vec::new(),
+        };
+        let url = if urls.is_empty() {
+            UPSTREAM.to_owned()
+        } else {
+            urls.remove(0)
+        };
         Self {
-            url: args
-                .upstream
-                .or(file.upstream)
-                .unwrap_or_else(|| UPSTREAM.to_owned()),
+            url,
+            more: urls,
             ca: Some(args.upstream_ca)
                 .filter(|v| !v.is_empty())
                 .or(file.upstream_ca)
