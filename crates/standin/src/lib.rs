@@ -675,29 +675,47 @@ pub struct IsolatedStandin {
 }
 
 impl IsolatedStandin {
-    /// Starts a stand-in on a new one-thread runtime.
-    pub fn start(config: StandinConfig) -> io::Result<Self> {
+    /// Starts a stand-in on a new one-thread runtime (callable from inside another runtime).
+    pub async fn start(config: StandinConfig) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let standin = runtime.block_on(async {
-            let standin = Standin::start(config).await?;
-            io::Result::Ok(standin)
-        })?;
-        let (addr, management_addr) = (standin.addr(), standin.management_addr());
-        let (stats, control) = (standin.stats().clone(), standin.control().clone());
-        // Served until the runtime goes: the handle lives in a task of its own.
+        let (started, started_rx) = oneshot::channel();
         runtime.spawn(async move {
-            let _ = standin.wait().await;
+            match Standin::start(config).await {
+                Ok(standin) => {
+                    let _ = started.send(Ok((
+                        standin.addr(),
+                        standin.management_addr(),
+                        standin.stats().clone(),
+                        standin.control().clone(),
+                    )));
+                    // Served until the runtime goes.
+                    let _ = standin.wait().await;
+                }
+                Err(err) => {
+                    let _ = started.send(Err(err));
+                }
+            }
         });
-        Ok(Self {
-            addr,
-            management_addr,
-            stats,
-            control,
-            runtime: Some(runtime),
-        })
+        let started = match started_rx.await {
+            Ok(started) => started,
+            Err(_) => Err(io::Error::other("stand-in runtime stopped")),
+        };
+        match started {
+            Ok((addr, management_addr, stats, control)) => Ok(Self {
+                addr,
+                management_addr,
+                stats,
+                control,
+                runtime: Some(runtime),
+            }),
+            Err(err) => {
+                runtime.shutdown_background();
+                Err(err)
+            }
+        }
     }
 
     /// The main listener's address.

@@ -207,6 +207,12 @@ impl Gateway {
         }
     }
 
+    /// The first worker's stack (a cheap clone): its [`replicas`](KestraEdge::replicas)
+    /// stay live while the gateway serves.
+    pub fn edge(&self) -> Option<KestraEdge<hyper::body::Incoming>> {
+        self.services.first().map(|s| s.get_ref().clone())
+    }
+
     /// The replicas and their state, when the gateway balances over several.
     pub fn replicas(&self) -> Option<Vec<kestra_edge::balance::ReplicaState>> {
         self.services.first().and_then(|s| s.get_ref().replicas())
