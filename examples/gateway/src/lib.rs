@@ -92,7 +92,8 @@ impl Gateway {
         } else {
             None
         };
-        let edge = stack(&config);
+        let auth = config.auth.layer(config.prefix.context_path.as_deref());
+        let edge = stack(&config).forward_auth(auth.map_err(ConfigError::from)?);
         let compression = CompressionLayer::new().compress_when(
             CompressionSwitch(config.streams.compression).and(DefaultPredicate::new()),
         );

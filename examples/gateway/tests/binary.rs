@@ -711,3 +711,113 @@ async fn a_broken_certificate_at_start_up_exits_non_zero_naming_the_file() {
     assert!(stderr.contains("mismatched.key"), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A minimal auth service: allows the cookie `session=good` (200 with
+/// `X-Auth-Request-User: alice`), else 401; one request per connection.
+async fn auth_standin() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let answer: &[u8] = if head.contains("session=good") {
+                    b"HTTP/1.1 200 OK\r\nX-Auth-Request-User: alice\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n"
+                };
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn forward_auth_flags_protect_kestra_and_inject_its_credentials() {
+    let auth = auth_standin().await;
+    let dir = std::env::temp_dir().join(format!("kestra-edge-bin-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let credentials = dir.join("kestra-credentials");
+    std::fs::write(&credentials, "admin@kestra.io:Kestra123\n").unwrap();
+    let auth_url = format!("http://{auth}/oauth2/auth");
+    let mut running = spawn(
+        &[
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--forward-auth",
+            &auth_url,
+            "--auth-response-header",
+            "X-Auth-Request-User",
+        ],
+        &[
+            ("KESTRA_EDGE_FORWARD_AUTH_TIMEOUT", "2s"),
+            (
+                "KESTRA_EDGE_KESTRA_CREDENTIALS_FILE",
+                credentials.to_str().unwrap(),
+            ),
+        ],
+    )
+    .await;
+    let base = format!("http://{}", running.addr);
+
+    let allowed = client()
+        .get(format!("{base}/kestra/api/v1/echo/sso"))
+        .header("cookie", "session=good")
+        .header("x-auth-request-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["set-cookie"],
+        "kestraBasicAuthenticated=true; Path=/; SameSite=Strict"
+    );
+    let echo: serde_json::Value = allowed.json().await.unwrap();
+    let headers: Vec<(String, String)> = serde_json::from_value(echo["headers"].clone()).unwrap();
+    let value = |name: &str| -> Vec<String> {
+        headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    // base64("admin@kestra.io:Kestra123")
+    let token = "YWRtaW5Aa2VzdHJhLmlvOktlc3RyYTEyMw==";
+    assert_eq!(value("authorization"), [format!("Basic {token}")]);
+    assert_eq!(
+        value("cookie"),
+        [format!("session=good; BASIC_AUTH={token}")]
+    );
+    assert_eq!(value("x-auth-request-user"), ["alice"]);
+
+    let denied = client()
+        .get(format!("{base}/kestra/api/v1/echo/sso"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], "Bearer");
+
+    // Kestra's machine endpoints are bypassed by default, under the context path.
+    let ping = client()
+        .get(format!("{base}/kestra/ping"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 200);
+
+    sigterm(&running.child);
+    assert_eq!(exit_code(&mut running.child).await, Some(0));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -8,6 +8,7 @@ use clap::Parser;
 use serde::Deserialize;
 use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
 
+mod auth;
 mod balance;
 mod forwarded;
 mod listener;
@@ -16,6 +17,7 @@ mod streams;
 mod tls;
 mod upstream;
 
+pub use auth::{AuthArgs, AuthConfig};
 pub use balance::{AffinityMode, BalanceArgs, BalanceConfig, Resolver};
 pub use forwarded::{ForwardedArgs, ForwardedConfig, ForwardedHeader};
 pub use listener::{ListenerArgs, ListenerConfig};
@@ -56,6 +58,9 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub streams: StreamsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: AuthArgs,
     /// Start a Kestra stand-in on a free port and front it (ignores --upstream).
     #[arg(long, env = "KESTRA_EDGE_DEMO")]
     pub demo: bool,
@@ -78,6 +83,8 @@ struct FileConfig {
     prefix: prefix::PrefixFile,
     #[serde(flatten)]
     streams: streams::StreamsFile,
+    #[serde(flatten)]
+    auth: auth::AuthFile,
     demo: Option<bool>,
     /// What no concern took: refused, so that a misspelt key is not silently ignored.
     #[serde(flatten)]
@@ -152,6 +159,9 @@ pub enum ConfigError {
     /// Settings that cannot go together.
     #[error("{0}")]
     Conflict(&'static str),
+    /// The forward-auth settings or the Kestra credentials file.
+    #[error(transparent)]
+    Auth(#[from] kestra_edge::auth::ForwardAuthError),
 }
 
 /// The resolved settings of a gateway, by concern.
@@ -171,6 +181,8 @@ pub struct GatewayConfig {
     pub prefix: PrefixConfig,
     /// SSE streams, tunnels, compression.
     pub streams: StreamsConfig,
+    /// Forward authentication and Kestra's credentials.
+    pub auth: AuthConfig,
     /// See `--demo`.
     pub demo: bool,
 }
@@ -220,6 +232,7 @@ impl GatewayConfig {
             forwarded: ForwardedConfig::resolve(args.forwarded, file.forwarded),
             prefix: PrefixConfig::resolve(args.prefix, file.prefix),
             streams: StreamsConfig::resolve(args.streams, file.streams),
+            auth: AuthConfig::resolve(args.auth, file.auth),
             demo: args.demo || file.demo.unwrap_or(false),
         }
     }
@@ -631,6 +644,147 @@ mod tests {
         c.forwarded.trusted_proxies = vec!["10.0.0.0/33".to_owned()];
         let err = crate::Gateway::bind(c).await.unwrap_err();
         assert!(err.to_string().contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn forward_auth_flags_work_from_the_command_line_the_environment_and_the_file() {
+        let c = parse(&[]);
+        assert_eq!(c.auth.url, None);
+        assert!(!c.auth.layer(None).unwrap().is_enabled());
+
+        let c = parse(&[
+            "--context-path",
+            "/kestra",
+            "--forward-auth",
+            "http://127.0.0.1:4180/oauth2/auth",
+            "--forward-auth-timeout",
+            "750ms",
+            "--auth-response-header",
+            "X-Auth-Request-User",
+            "--auth-response-header",
+            "X-Auth-Request-Email,Remote-User",
+            "--forward-auth-cache",
+            "30s",
+        ]);
+        let a = &c.auth;
+        assert_eq!(a.url.as_deref(), Some("http://127.0.0.1:4180/oauth2/auth"));
+        assert_eq!(a.timeout, Some(Duration::from_millis(750)));
+        assert_eq!(
+            a.response_headers,
+            ["X-Auth-Request-User", "X-Auth-Request-Email", "Remote-User"]
+        );
+        assert_eq!(a.cache, Some(Duration::from_secs(30)));
+        // Kestra's machine endpoints under the context path, unless told otherwise.
+        assert_eq!(
+            a.bypass_paths(c.prefix.context_path.as_deref()),
+            [
+                "/kestra/ping",
+                "/kestra/api/v1/executions/webhook/",
+                "/kestra/api/v1/{tenant}/executions/webhook/"
+            ]
+        );
+        assert!(a.layer(Some("/kestra")).unwrap().is_enabled());
+        let c = parse(&["--auth-bypass", "/a/b", "--auth-bypass", "/c/{x}/d,/e"]);
+        assert_eq!(c.auth.bypass_paths(None), ["/a/b", "/c/{x}/d", "/e"]);
+        let c = parse(&["--auth-bypass", "none"]);
+        assert!(c.auth.bypass_paths(Some("/kestra")).is_empty());
+
+        let dir =
+            std::env::temp_dir().join(format!("kestra-edge-auth-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let credentials = dir.join("credentials");
+        std::fs::write(&credentials, "admin@kestra.io:Kestra123\n").unwrap();
+        let c = with_file(
+            &format!(
+                r#"
+                    forward_auth = "http://auth:9091/api/authz/forward-auth"
+                    forward_auth_timeout = "2s"
+                    auth_response_headers = ["Remote-User", "Remote-Email"]
+                    auth_bypass = ["/kestra/ping"]
+                    forward_auth_cache = "1m"
+                    kestra_credentials_file = "{}"
+                "#,
+                credentials.display()
+            ),
+            &["--forward-auth-timeout", "3s"],
+        )
+        .unwrap();
+        let a = &c.auth;
+        assert_eq!(
+            a.url.as_deref(),
+            Some("http://auth:9091/api/authz/forward-auth")
+        );
+        assert_eq!(a.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(a.response_headers, ["Remote-User", "Remote-Email"]);
+        assert_eq!(a.bypass_paths(None), ["/kestra/ping"]);
+        assert_eq!(a.cache, Some(Duration::from_secs(60)));
+        assert_eq!(a.credentials_file.as_deref(), Some(credentials.as_path()));
+        let layer = a.layer(None).unwrap();
+        assert!(layer.kestra_credentials().is_some());
+
+        // The environment: only variables no other test reads.
+        let vars = [
+            (
+                "KESTRA_EDGE_FORWARD_AUTH",
+                "http://env-auth:4180/oauth2/auth",
+            ),
+            ("KESTRA_EDGE_FORWARD_AUTH_TIMEOUT", "1500ms"),
+            (
+                "KESTRA_EDGE_AUTH_RESPONSE_HEADERS",
+                "Remote-User,Remote-Groups",
+            ),
+            (
+                "KESTRA_EDGE_AUTH_BYPASS",
+                "/x/ping,/x/api/v1/{tenant}/executions/webhook/",
+            ),
+            ("KESTRA_EDGE_FORWARD_AUTH_CACHE", "45s"),
+            ("KESTRA_EDGE_KESTRA_CREDENTIALS_FILE", "/env/credentials"),
+        ];
+        for (name, value) in vars {
+            std::env::set_var(name, value);
+        }
+        let c = parse(&[]);
+        for (name, _) in vars {
+            std::env::remove_var(name);
+        }
+        let a = &c.auth;
+        assert_eq!(a.url.as_deref(), Some("http://env-auth:4180/oauth2/auth"));
+        assert_eq!(a.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(a.response_headers, ["Remote-User", "Remote-Groups"]);
+        assert_eq!(
+            a.bypass_paths(None),
+            ["/x/ping", "/x/api/v1/{tenant}/executions/webhook/"]
+        );
+        assert_eq!(a.cache, Some(Duration::from_secs(45)));
+        assert_eq!(
+            a.credentials_file.as_deref(),
+            Some(std::path::Path::new("/env/credentials"))
+        );
+        // A missing credentials file stops the gateway, naming the file.
+        let err = a.layer(None).unwrap_err();
+        assert!(err.to_string().contains("/env/credentials"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn invalid_forward_auth_settings_are_configuration_errors() {
+        for (url, bypass, message) in [
+            (
+                "https://auth/oauth2/auth",
+                None,
+                "must be an absolute http:// URL",
+            ),
+            ("auth:4180", None, "must be an absolute http:// URL"),
+            ("http://auth/", Some("ping"), "must start with /"),
+            ("http://auth/", Some("/"), "would bypass everything"),
+        ] {
+            let mut c = GatewayConfig::for_upstream("http://127.0.0.1:9");
+            c.auth.url = Some(url.to_owned());
+            c.auth.bypass = bypass.map(|b| vec![b.to_owned()]);
+            let err = crate::Gateway::bind(c).await.unwrap_err();
+            assert!(matches!(err, crate::GatewayError::Config(_)), "{err}");
+            assert!(err.to_string().contains(message), "{url}: {err}");
+        }
     }
 
     #[tokio::test]
