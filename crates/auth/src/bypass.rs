@@ -241,6 +241,91 @@ mod tests {
         assert!(!pattern.matches("/a/b"));
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from the pieces that matter: the bypass prefix, dots, escapes.
+        fn path() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/"),
+                Just("kestra"),
+                Just("api"),
+                Just("v1"),
+                Just("executions"),
+                Just("webhook"),
+                Just("%77ebhook"),
+                Just("main"),
+                Just("."),
+                Just(".."),
+                Just("%2e"),
+                Just("%2E"),
+                Just("%2F"),
+                Just("%2f"),
+                Just("%5C"),
+                Just("\\"),
+                Just("%00"),
+                Just("%"),
+                Just(";"),
+                Just("x"),
+            ];
+            let start = prop_oneof![
+                3 => Just("/kestra/api/v1/executions/webhook/"),
+                1 => Just("/kestra/api/v1/main/executions/webhook/"),
+                1 => Just("/"),
+            ];
+            (start, proptest::collection::vec(piece, 0..10))
+                .prop_map(|(start, pieces)| format!("{start}{}", pieces.concat()))
+        }
+
+        /// The segments a backend that decodes `%2F`, `%5C`, `%2E` and unreserved escapes
+        /// once, collapses `//` and removes dot segments (RFC 3986 §5.2.4) would route.
+        fn resolved(path: &str) -> Vec<String> {
+            let decoded = path
+                .replace("%2F", "/")
+                .replace("%2f", "/")
+                .replace("%5C", "/")
+                .replace('\\', "/")
+                .replace("%2e", ".")
+                .replace("%2E", ".")
+                .replace("%77", "w");
+            let mut stack: Vec<String> = Vec::new();
+            for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+                match segment.split(';').next().unwrap_or_default() {
+                    "." => {}
+                    ".." => {
+                        stack.pop();
+                    }
+                    _ => stack.push(segment.to_owned()),
+                }
+            }
+            stack
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn a_bypassed_path_never_resolves_outside_its_prefix(path in path()) {
+                let webhook = BypassPath::parse("/kestra/api/v1/executions/webhook/").unwrap();
+                let tenant = BypassPath::parse("/kestra/api/v1/{tenant}/executions/webhook/").unwrap();
+                if webhook.matches(&path) {
+                    let segments = resolved(&path);
+                    prop_assert!(
+                        segments.starts_with(&["kestra", "api", "v1", "executions", "webhook"].map(String::from)),
+                        "{path} resolves to {segments:?}"
+                    );
+                }
+                if tenant.matches(&path) {
+                    let segments = resolved(&path);
+                    prop_assert!(segments.len() >= 6, "{path} resolves to {segments:?}");
+                    prop_assert_eq!(&segments[..3], &["kestra", "api", "v1"].map(String::from));
+                    prop_assert_eq!(&segments[4..6], &["executions", "webhook"].map(String::from));
+                }
+            }
+        }
+    }
+
     #[test]
     fn refused_patterns() {
         for text in [

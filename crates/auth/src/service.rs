@@ -40,15 +40,29 @@ impl<S> ForwardAuth<S> {
 struct After {
     /// `Set-Cookie` of a 2xx auth answer (a session refresh).
     set_cookies: Vec<HeaderValue>,
-    /// With Kestra's credentials: `BASIC_AUTH` never set in the browser; and the flag cookie
-    /// when the client lacks it.
-    protect: Option<Option<Secure>>,
+    /// What Kestra's answer may not carry, with Kestra's credentials configured.
+    protect: Protect,
+}
+
+/// With Kestra's credentials configured, `BASIC_AUTH` is never set in the browser, and a
+/// browser of an authenticated request that lacks the flag cookie gets it.
+#[derive(Debug, Default, Clone, Copy)]
+enum Protect {
+    /// No credentials configured: the answer passes untouched.
+    #[default]
+    Nothing,
+    /// `Set-Cookie: BASIC_AUTH` removed.
+    Secret,
+    /// `Set-Cookie: BASIC_AUTH` removed and the flag cookie added.
+    SecretAndFlag(Secure),
 }
 
 impl After {
     fn apply(self, headers: &mut http::HeaderMap) {
-        if let Some(flag) = self.protect {
-            protect_response(headers, flag);
+        match self.protect {
+            Protect::Nothing => {}
+            Protect::Secret => protect_response(headers, None),
+            Protect::SecretAndFlag(secure) => protect_response(headers, Some(secure)),
         }
         for cookie in self.set_cookies {
             headers.append(SET_COOKIE, cookie);
@@ -68,10 +82,13 @@ impl Config {
         for (name, value) in identity.iter() {
             headers.append(name.clone(), value.clone());
         }
-        let protect = self.credentials.as_ref().map(|credentials| {
-            let lacks_flag = credentials.apply(req.headers_mut());
-            lacks_flag.then(|| Secure(is_https(req)))
-        });
+        let protect = match &self.credentials {
+            None => Protect::Nothing,
+            Some(credentials) if credentials.apply(req.headers_mut()) => {
+                Protect::SecretAndFlag(Secure(is_https(req)))
+            }
+            Some(_) => Protect::Secret,
+        };
         After {
             set_cookies,
             protect,
@@ -113,7 +130,11 @@ where
             // still never letting Kestra put them in the browser.
             let after = After {
                 set_cookies: Vec::new(),
-                protect: config.credentials.as_ref().map(|_| None),
+                protect: if config.credentials.is_some() {
+                    Protect::Secret
+                } else {
+                    Protect::Nothing
+                },
             };
             return ResponseFuture::upstream(self.inner.call(req), after);
         }
