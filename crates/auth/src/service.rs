@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use std::{
     fmt,
     future::Future,
+    marker::PhantomData,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
@@ -157,10 +158,12 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
             state: State::Checking {
-                check,
-                request: Some(req),
-                inner: Some(inner),
-                config: config.clone(),
+                pending: Some(Box::new(Pending {
+                    check,
+                    request: req,
+                    inner,
+                    config: config.clone(),
+                })),
             },
         }
     }
@@ -174,14 +177,20 @@ pin_project! {
     }
 }
 
+/// A request waiting for the auth service's decision. Boxed: the future of a request that
+/// is not checked (the layer off, a bypass, a cache hit) stays as small as the inner one.
+struct Pending<S, B> {
+    check: Check,
+    request: Request<B>,
+    inner: S,
+    config: Arc<Config>,
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S, B, F, ResBody> {
         Checking {
-            check: Check,
-            request: Option<Request<B>>,
-            inner: Option<S>,
-            config: Arc<Config>,
+            pending: Option<Box<Pending<S, B>>>,
         },
         Upstream {
             #[pin]
@@ -189,7 +198,9 @@ pin_project! {
             after: Option<After>,
         },
         Answer {
-            response: Option<Response<ResBody>>,
+            status: StatusCode,
+            text: &'static str,
+            body: PhantomData<fn() -> ResBody>,
         },
     }
 }
@@ -210,13 +221,12 @@ impl<S, B, F, ResBody> ResponseFuture<S, B, F, ResBody> {
         }
     }
 
-    fn answer(status: StatusCode, text: &'static str) -> Self
-    where
-        ResBody: MessageBody,
-    {
+    fn answer(status: StatusCode, text: &'static str) -> Self {
         Self {
             state: State::Answer {
-                response: Some(message(status, text)),
+                status,
+                text,
+                body: PhantomData,
             },
         }
     }
@@ -243,16 +253,20 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Checking {
-                    check,
-                    request,
-                    inner,
-                    config,
-                } => {
-                    let decision = ready!(check.as_mut().poll(cx));
-                    let (Some(mut req), Some(mut inner)) = (request.take(), inner.take()) else {
+                StateProj::Checking { pending } => {
+                    let Some(waiting) = pending.as_mut() else {
                         return Poll::Ready(Ok(unavailable()));
                     };
+                    let decision = ready!(waiting.check.as_mut().poll(cx));
+                    let Some(waiting) = pending.take() else {
+                        return Poll::Ready(Ok(unavailable()));
+                    };
+                    let Pending {
+                        request: mut req,
+                        mut inner,
+                        config,
+                        ..
+                    } = *waiting;
                     match decision {
                         Decision::Allow {
                             identity,
@@ -277,8 +291,8 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Answer { response } => {
-                    return Poll::Ready(Ok(response.take().unwrap_or_else(unavailable)));
+                StateProj::Answer { status, text, .. } => {
+                    return Poll::Ready(Ok(message(*status, text)));
                 }
             };
             self.as_mut().project().state.set(next);
