@@ -18,6 +18,7 @@
 //! every measurement is bounded by `--duration` plus fixed timeouts.
 #![allow(clippy::print_stdout)]
 
+mod balance;
 mod caddy;
 mod h2load;
 mod haproxy;
@@ -102,6 +103,8 @@ enum Group {
     Ws,
     /// kestra-edge and nginx terminating TLS (HTTP/1.1, HTTP/2, handshakes).
     Tls,
+    /// Small GETs through three upstream replicas, and through one in the same run.
+    Balance,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,8 +116,9 @@ enum Mode {
     /// Serve the kestra-edge gateway (context path /kestra, kept) in front of `--upstream`
     /// and print `listening ADDR`.
     ServeGateway {
-        #[arg(long)]
-        upstream: String,
+        /// Repeatable: several replicas are balanced.
+        #[arg(long, required = true)]
+        upstream: Vec<String>,
         /// Serving threads [default: the gateway's, one per core].
         #[arg(long)]
         workers: Option<NonZeroUsize>,
@@ -176,7 +180,7 @@ enum Serve {
     /// The gateway in front of `upstream` on `workers` threads, over TLS with `(cert, key)`
     /// files.
     Gateway {
-        upstream: String,
+        upstream: Vec<String>,
         workers: Option<NonZeroUsize>,
         tls: Option<(PathBuf, PathBuf)>,
     },
@@ -205,7 +209,9 @@ fn serve(what: Serve) -> Result<(), BoxError> {
                 workers,
                 tls,
             } => {
-                let mut config = GatewayConfig::for_upstream(upstream);
+                let mut upstream = upstream.into_iter();
+                let mut config = GatewayConfig::for_upstream(upstream.next().unwrap_or_default());
+                config.upstream.more = upstream.collect();
                 config.listener.shutdown_grace = Duration::ZERO;
                 if let Some(workers) = workers {
                     config.listener.workers = workers;
@@ -465,6 +471,9 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     }
     if wanted(Group::Tls) {
         tls_workloads(cli, &runtime, &proxies, &mut report)?;
+    }
+    if wanted(Group::Balance) {
+        balance::run(cli, &runtime, &proxies, &mut report)?;
     }
     report.print();
     if let Some(dir) = cli.json.parent() {

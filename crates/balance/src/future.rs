@@ -10,9 +10,9 @@ use crate::{
 use http::{
     header::{CONTENT_TYPE, RETRY_AFTER, SET_COOKIE},
     request::Parts,
-    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
-use kestra_edge_proxy::{ProxyBody, UpstreamFailure};
+use kestra_edge_proxy::{EventStreamReadTimeout, ProxyBody, UpgradeProtocol, UpstreamFailure};
 use pin_project_lite::pin_project;
 use std::{
     convert::Infallible,
@@ -32,7 +32,12 @@ pub(crate) struct Retry<B> {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    extensions: Extensions,
+    /// The request extensions the proxy reads (its public API); the others were for the
+    /// layers outside, which have run. Kept by type: cloning the whole map allocates.
+    upgrade: Option<UpgradeProtocol>,
+    event_stream: Option<EventStreamReadTimeout>,
+    /// Whether the client came over TLS (for the affinity cookie's `Secure`).
+    secure: bool,
     slot: Option<Slot<B>>,
     /// A GET, HEAD or OPTIONS without a body: safe to send again after the connection closed
     /// before any byte of an answer (RFC 9110 §9.2.2).
@@ -42,13 +47,21 @@ pub(crate) struct Retry<B> {
 }
 
 impl<B> Retry<B> {
-    pub(crate) fn new(parts: &Parts, slot: Option<Slot<B>>, safe: bool, retries: u32) -> Self {
+    pub(crate) fn new(
+        parts: &Parts,
+        slot: Option<Slot<B>>,
+        safe: bool,
+        retries: u32,
+        secure: bool,
+    ) -> Self {
         Self {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            upgrade: parts.extensions.get::<UpgradeProtocol>().cloned(),
+            event_stream: parts.extensions.get::<EventStreamReadTimeout>().copied(),
+            secure,
             slot,
             safe,
             left: retries,
@@ -79,7 +92,12 @@ impl<B> Retry<B> {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        *req.extensions_mut() = self.extensions.clone();
+        if let Some(upgrade) = &self.upgrade {
+            req.extensions_mut().insert(upgrade.clone());
+        }
+        if let Some(timeout) = self.event_stream {
+            req.extensions_mut().insert(timeout);
+        }
         Some(req)
     }
 }
@@ -125,6 +143,8 @@ impl<B> fmt::Debug for ResponseFuture<B> {
 }
 
 impl<B> ResponseFuture<B> {
+    // Crate-private: each argument is one field of the first attempt.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         inner: kestra_edge_proxy::ResponseFuture,
         shared: Arc<Shared<B>>,
@@ -133,8 +153,8 @@ impl<B> ResponseFuture<B> {
         in_flight: InFlight,
         retry: Option<Retry<B>>,
         cookie: Option<bool>,
+        started: u64,
     ) -> Self {
-        let started = endpoint.stats.now();
         Self {
             kind: Kind::Waiting {
                 inner,
@@ -239,7 +259,7 @@ where
         let mut proxy = next.proxies[self.worker].clone();
         if self.shared.config.affinity.is_some() && self.cookie.is_none() {
             // The session moves: the answer names its new replica.
-            self.cookie = Some(retry.secure());
+            self.cookie = Some(retry.secure);
         }
         self.endpoint = next;
         Some(proxy.call(req))
@@ -260,18 +280,5 @@ where
             }
         }
         Response::from_parts(parts, BalanceBody::new(body, load))
-    }
-}
-
-impl<B> Retry<B> {
-    /// Whether the client came over TLS, from the kept head.
-    fn secure(&self) -> bool {
-        self.extensions
-            .get::<kestra_edge_server::TlsConnection>()
-            .is_some()
-            || self
-                .headers
-                .get("x-forwarded-proto")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
     }
 }

@@ -567,15 +567,16 @@ where
                 None => return ResponseFuture::unavailable(&shared.config.retry_after),
             },
         };
+        let secure = affinity.is_some() && client_used_tls(&req);
         let cookie = match (affinity, sticky) {
-            (Some(_), None) => Some(client_used_tls(&req)),
+            (Some(_), None) => Some(secure),
             _ => None,
         };
         let endpoint = endpoint.clone();
+        let retryable = shared.config.retries > 0 && list.len() > 1;
         drop(list);
 
         let (parts, body) = req.into_parts();
-        let retryable = shared.config.retries > 0 && shared.endpoints.load().len() > 1;
         let (body, retry) = if retryable {
             let has_body = !body.is_end_stream();
             let (body, slot) = if has_body {
@@ -586,7 +587,7 @@ where
             };
             let safe =
                 !has_body && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-            let retry = Retry::new(&parts, slot, safe, shared.config.retries);
+            let retry = Retry::new(&parts, slot, safe, shared.config.retries, secure);
             (body, Some(retry))
         } else {
             (Reclaim::owned(body), None)
@@ -602,6 +603,7 @@ where
             in_flight,
             retry,
             cookie,
+            now,
         )
     }
 }
@@ -791,5 +793,90 @@ where
     /// Resolves the upstream names now instead of at the next refresh.
     pub async fn refresh(&self) {
         refresh(&self.shared).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::affinity::AffinityKey;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use kestra_edge_standin::{Standin, StandinConfig};
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    /// An address nothing listens on any more.
+    fn closed() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    /// A POST whose affinity cookie names the replica that refuses connections.
+    async fn post_to_refusing(retries: u32) -> (Response<crate::BalanceBody>, Standin) {
+        let standin = Standin::start(StandinConfig::default()).await.unwrap();
+        let refusing = closed();
+        let balancer = BalanceBuilder::new([format!("http://{refusing}"), standin.url()])
+            .retries(retries)
+            // Ejections end at once, so the cookie still leads to the refusing replica.
+            .ejection(EjectionBackoff {
+                base: Duration::from_nanos(1),
+                max: Duration::from_nanos(1),
+            })
+            .affinity(Some(Affinity::default()))
+            .build::<Full<Bytes>>()
+            .await
+            .unwrap();
+        let id = AffinityKey::new(&Affinity::default())
+            .unwrap()
+            .id(&refusing.to_string());
+        let request = Request::post("/kestra/api/v1/upload")
+            .header("cookie", format!("kestra_edge_replica={id}"))
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let response = balancer.service(0).oneshot(request).await.unwrap();
+        (response, standin)
+    }
+
+    #[tokio::test]
+    async fn a_never_sent_post_goes_to_another_replica_with_its_whole_body() {
+        let (response, _standin) = post_to_refusing(1).await;
+        assert_eq!(response.status(), 200);
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(cookie.starts_with("kestra_edge_replica="), "{cookie}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["length"], 5, "{json}");
+    }
+
+    #[tokio::test]
+    async fn without_retries_the_refusal_is_the_answer() {
+        let (response, _standin) = post_to_refusing(0).await;
+        assert_eq!(response.status(), 502);
+        assert!(response.headers().get("set-cookie").is_none());
+    }
+
+    #[tokio::test]
+    async fn when_every_replica_is_ejected_the_least_recently_failed_is_tried() {
+        let standin = Standin::start(StandinConfig::default()).await.unwrap();
+        let balancer = BalanceBuilder::new([standin.url(), format!("http://{}", closed())])
+            .build::<Full<Bytes>>()
+            .await
+            .unwrap();
+        let list = balancer.shared.endpoints.load();
+        let backoff = EjectionBackoff::default();
+        let now = list[0].stats.now();
+        // The live one failed first, so it failed least recently.
+        list[0].stats.ejection.fail(now, &backoff);
+        list[1].stats.ejection.fail(now + 1, &backoff);
+        assert!(balancer.replicas().iter().all(|r| r.ejected));
+        let picked = pick(&list, now + 2, &[]).unwrap();
+        assert!(Arc::ptr_eq(picked, &list[0]));
+        let request = Request::get("/kestra/ping").body(Full::default()).unwrap();
+        let response = balancer.service(0).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
     }
 }
