@@ -65,6 +65,8 @@ pub struct Gateway {
     shutdown_grace: Duration,
     tls: TlsState,
     standin: Option<Standin>,
+    /// Forward auth and Kestra's credentials (shared with every worker's stack).
+    auth: kestra_edge::ForwardAuthLayer,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -92,8 +94,11 @@ impl Gateway {
         } else {
             None
         };
-        let auth = config.auth.layer(config.prefix.context_path.as_deref());
-        let edge = stack(&config).forward_auth(auth.map_err(ConfigError::from)?);
+        let auth = config
+            .auth
+            .layer(config.prefix.context_path.as_deref())
+            .map_err(ConfigError::from)?;
+        let edge = stack(&config).forward_auth(auth.clone());
         let compression = CompressionLayer::new().compress_when(
             CompressionSwitch(config.streams.compression).and(DefaultPredicate::new()),
         );
@@ -161,7 +166,13 @@ impl Gateway {
             shutdown_grace: config.listener.shutdown_grace,
             tls,
             standin,
+            auth,
         })
+    }
+
+    /// Kestra's credentials (for SIGHUP), when `--kestra-credentials-file` is given.
+    pub fn kestra_credentials(&self) -> Option<kestra_edge::auth::KestraCredentials> {
+        self.auth.kestra_credentials().cloned()
     }
 
     /// The address the gateway listens on.

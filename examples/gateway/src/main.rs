@@ -55,7 +55,7 @@ async fn main() -> ExitCode {
         );
     }
     #[cfg(unix)]
-    reload_on_sighup(gateway.cert_reloader());
+    reload_on_sighup(gateway.cert_reloader(), gateway.kestra_credentials());
     if gateway.standin().is_some() {
         print_demo(
             addr,
@@ -104,9 +104,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// Reloads the certificate files on each SIGHUP (they are also watched on disk).
+/// Reloads the certificate files and Kestra's credentials on each SIGHUP (they are also
+/// watched on disk).
 #[cfg(unix)]
-fn reload_on_sighup(reloader: Option<std::sync::Arc<kestra_edge::tls::CertReloader>>) {
+fn reload_on_sighup(
+    reloader: Option<std::sync::Arc<kestra_edge::tls::CertReloader>>,
+    credentials: Option<kestra_edge::auth::KestraCredentials>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -120,6 +124,19 @@ fn reload_on_sighup(reloader: Option<std::sync::Arc<kestra_edge::tls::CertReload
             match &reloader {
                 Some(reloader) => reloader.reload_and_log("SIGHUP"),
                 None => tracing::info!("SIGHUP: no certificate files to reload"),
+            }
+            if let Some(credentials) = &credentials {
+                match credentials.reload() {
+                    Ok(()) => tracing::info!(
+                        path = %credentials.path().display(),
+                        trigger = "SIGHUP",
+                        "Kestra credentials reloaded"
+                    ),
+                    Err(err) => tracing::error!(
+                        trigger = "SIGHUP",
+                        "refused the new Kestra credentials, still using the last good ones: {err}"
+                    ),
+                }
             }
         }
     });

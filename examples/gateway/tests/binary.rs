@@ -817,6 +817,20 @@ async fn forward_auth_flags_protect_kestra_and_inject_its_credentials() {
         .unwrap();
     assert_eq!(ping.status(), 200);
 
+    // SIGHUP reads the credentials file again (as its watch does on a change).
+    sighup(&running.child);
+    let reloaded = tokio::time::timeout(LIMIT, async {
+        while let Some(line) = running.stderr.recv().await {
+            if line.contains("Kestra credentials reloaded") && line.contains("SIGHUP") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(reloaded, "no reload logged after SIGHUP");
+
     sigterm(&running.child);
     assert_eq!(exit_code(&mut running.child).await, Some(0));
     std::fs::remove_dir_all(dir).unwrap();
