@@ -765,3 +765,54 @@ async fn kestra_credentials_file_is_read_again_when_it_changes() {
     assert_eq!(authorization().await, expected);
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn http2_cookie_fields_are_joined_for_the_auth_service_and_kestra() {
+    use http_body_util::{BodyExt, Empty};
+    let auth = AuthStandin::start().await;
+    let kestra = upstream().await;
+    let file = credentials_file("h2", &format!("{SECRET_USER}:{SECRET_PASSWORD}\n"));
+    let layer = layer(&auth).kestra_credentials_file(&file).build().unwrap();
+    let gateway = Gateway::start(&kestra, layer).await;
+
+    // h2c with prior knowledge; HTTP/2 clients send each cookie as a field of its own.
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(gateway.url("/kestra/api/v1/echo/h2?x=%2F"))
+        .header("cookie", "session=good")
+        .header("cookie", "theme=dark")
+        .header("cookie", "BASIC_AUTH=c3RhbGU6c3RhbGU=")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_no_secret(response.headers());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: Echo = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        seen.header_values("cookie"),
+        [format!("session=good; theme=dark; BASIC_AUTH={SECRET_TOKEN}").as_str()]
+    );
+    let asked = auth.seen();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].header("cookie"),
+        Some("session=good; theme=dark; BASIC_AUTH=c3RhbGU6c3RhbGU=")
+    );
+    assert_eq!(
+        asked[0].header("x-forwarded-uri"),
+        Some("/kestra/api/v1/echo/h2?x=%2F")
+    );
+    assert_eq!(
+        asked[0].header("x-forwarded-host"),
+        Some(gateway.addr.to_string().as_str())
+    );
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
