@@ -2,7 +2,7 @@
 
 use crate::{
     body::MessageBody,
-    cache::{AllowCache, Identity},
+    cache::AllowCache,
     check::{check, is_https, original_uri, Decision},
     credentials::{protect_response, Secure},
     layer::Config,
@@ -10,7 +10,7 @@ use crate::{
 use bytes::Bytes;
 use http::{
     header::{CONTENT_TYPE, SET_COOKIE},
-    HeaderValue, Request, Response, StatusCode,
+    HeaderName, HeaderValue, Request, Response, StatusCode,
 };
 use pin_project_lite::pin_project;
 use std::{
@@ -76,11 +76,11 @@ impl Config {
     fn forward<B>(
         &self,
         req: &mut Request<B>,
-        identity: &Identity,
+        identity: &[(HeaderName, HeaderValue)],
         set_cookies: Vec<HeaderValue>,
     ) -> After {
         let headers = req.headers_mut();
-        for (name, value) in identity.iter() {
+        for (name, value) in identity {
             headers.append(name.clone(), value.clone());
         }
         let protect = match &self.credentials {
@@ -122,7 +122,7 @@ where
             req.headers_mut().remove(name);
         }
         let Some(auth) = &config.auth else {
-            let after = config.forward(&mut req, &Identity::from([]), Vec::new());
+            let after = config.forward(&mut req, &[], Vec::new());
             return ResponseFuture::upstream(self.inner.call(req), after);
         };
         let path = original_uri(&req).path();

@@ -816,3 +816,39 @@ async fn http2_cookie_fields_are_joined_for_the_auth_service_and_kestra() {
     );
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn kestra_credentials_alone_need_no_auth_service() {
+    let kestra = upstream().await;
+    let file = credentials_file("alone", &format!("{SECRET_USER}:{SECRET_PASSWORD}\n"));
+    let layer = ForwardAuthLayer::builder()
+        .auth_response_header("Remote-User")
+        .kestra_credentials_file(&file)
+        .build()
+        .unwrap();
+    assert!(layer.is_enabled());
+    let gateway = Gateway::start(&kestra, layer).await;
+    let response = client()
+        .get(gateway.url("/kestra/api/v1/echo/alone"))
+        .header("cookie", "BASIC_AUTH=c3RhbGU6c3RhbGU=")
+        .header("remote-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_no_secret(response.headers());
+    assert_eq!(
+        response.headers()["set-cookie"],
+        "kestraBasicAuthenticated=true; Path=/; SameSite=Strict"
+    );
+    let seen = echo(response).await;
+    assert_eq!(
+        seen.header_values("authorization"),
+        [format!("Basic {SECRET_TOKEN}").as_str()]
+    );
+    assert_eq!(
+        seen.header_values("cookie"),
+        [format!("BASIC_AUTH={SECRET_TOKEN}").as_str()]
+    );
+    assert!(seen.header_values("remote-user").is_empty());
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
