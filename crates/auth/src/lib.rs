@@ -111,9 +111,11 @@
 //!   versions kept the flag in `sessionStorage`, then `localStorage`, which no proxy can
 //!   set; the oldest (0.24 era) wrote `BASIC_AUTH=base64(user:password);path=/;samesite=strict`
 //!   into `document.cookie` itself and treated any `BASIC_AUTH` cookie as logged in.
-//! - `MiscControllerSecuredTest` (webserver tests, in the index): `POST /api/v1/login` answers
-//!   204 with `BASIC_AUTH` HttpOnly and `kestraBasicAuthenticated=true` not HttpOnly;
-//!   `POST /api/v1/logout` clears both (`Max-Age=0`); webhooks answer without credentials.
+//! - `webserver/src/test/java/io/kestra/webserver/controllers/api/MiscControllerTest.java`
+//!   (a version in the index; `MiscController` itself was read only in versions older than
+//!   its login endpoint): `POST /api/v1/login` answers 204 with `BASIC_AUTH` HttpOnly and
+//!   `kestraBasicAuthenticated=true` not HttpOnly; `POST /api/v1/logout` clears both
+//!   (`Max-Age=0`); webhooks answer without credentials.
 //!
 //! What the browser must hold is therefore only `kestraBasicAuthenticated=true`, which is
 //! not a secret. The layer sets it (`Path=/; SameSite=Strict`, `Secure` when the client used
