@@ -260,11 +260,26 @@ async fn a_slow_replica_gets_little_traffic() {
     let (counts, failed) = spread(&gateway, "/kestra/ping", 600, 8).await;
     assert_eq!(failed, 0);
     let slow = counts.get(&Replicas::name(1)).copied().unwrap_or(0);
+    eprintln!("with one replica 100 ms slower: {counts:?}");
     assert!(slow <= 30, "the slow replica got {slow} of 600: {counts:?}");
     for i in [0, 2] {
         let got = counts.get(&Replicas::name(i)).copied().unwrap_or(0);
         assert!(got >= 200, "replica {i} got {got}: {counts:?}");
     }
+}
+
+#[tokio::test]
+async fn replicas_are_probed_before_the_gateway_is_ready() {
+    let replicas = Replicas::start().await;
+    replicas.set_ready(0, false);
+    let gateway = Running::start(replicas.gateway_config()).await;
+    // No request has been served yet: the verdict comes from the start-up probe.
+    let states = gateway.replicas();
+    assert!(gateway.unhealthy(&address(&replicas, 0)), "{states:?}");
+    assert!(gateway.healthy(&address(&replicas, 1)), "{states:?}");
+    let (counts, failed) = spread(&gateway, "/kestra/ping", 100, 4).await;
+    assert_eq!(failed, 0);
+    assert_eq!(counts.get(&Replicas::name(0)), None, "{counts:?}");
 }
 
 #[tokio::test]
