@@ -7,7 +7,8 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, Uri,
 };
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client, ResponseFuture};
 use kestra_edge_headers::remove_hop_by_hop;
 use kestra_edge_prefix::OriginalUri;
 use kestra_edge_server::{PeerAddr, TlsConnection};
@@ -21,11 +22,29 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// The pooled keep-alive HTTP/1.1 client to the auth service.
+#[derive(Debug)]
+pub(crate) enum AuthClient {
+    /// `http://`.
+    Http(Client<HttpConnector, Empty<Bytes>>),
+    /// `https://`, verified against the system's roots and the configured CAs.
+    Https(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
+}
+
+impl AuthClient {
+    fn request(&self, request: Request<Empty<Bytes>>) -> ResponseFuture {
+        match self {
+            Self::Http(client) => client.request(request),
+            Self::Https(client) => client.request(request),
+        }
+    }
+}
+
 /// The auth service and how it is asked.
 #[derive(Debug)]
 pub(crate) struct AuthService {
     pub(crate) uri: Uri,
-    pub(crate) client: Client<HttpConnector, Empty<Bytes>>,
+    pub(crate) client: AuthClient,
     pub(crate) timeout: Duration,
     pub(crate) max_body: usize,
     pub(crate) cache: Option<AllowCache>,

@@ -3,16 +3,23 @@
 use crate::{
     bypass::{BypassPath, BypassPathError},
     cache::AllowCache,
-    check::AuthService,
+    check::{AuthClient, AuthService},
     credentials::{CredentialsError, KestraCredentials},
     service::ForwardAuth,
 };
 use http::{HeaderName, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
+    rt::{TokioExecutor, TokioTimer},
 };
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 use tower::Layer;
 
 /// The default `timeout`: the longest the auth service may take (connect and answer).
@@ -28,9 +35,25 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ForwardAuthError {
-    /// The auth URL is not an absolute `http://` URL.
-    #[error("forward auth URL {0:?} must be an absolute http:// URL (https is not supported: reach the auth service over a private network)")]
+    /// The auth URL is not an absolute `http://` or `https://` URL.
+    #[error("forward auth URL {0:?} must be an absolute http:// or https:// URL")]
     InvalidUrl(String),
+    /// A CA file for an `https://` auth service cannot be used.
+    #[error("auth service CA file {path}: {reason}")]
+    AuthCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS client could not be configured.
+    #[error("TLS client for the auth service: {0}")]
+    Tls(String),
+    /// No trusted root at all for an `https://` auth service.
+    #[error(
+        "no trusted root for the https auth service: the system has none and no CA file was given"
+    )]
+    NoTrustedRoots,
     /// An auth-response header name is not a valid header name.
     #[error("auth response header {0:?} is not a valid header name")]
     InvalidHeaderName(String),
@@ -64,6 +87,7 @@ pub struct ForwardAuthBuilder {
     max_denial_body: usize,
     credentials_file: Option<PathBuf>,
     watch_credentials: bool,
+    ca_files: Vec<PathBuf>,
 }
 
 impl Default for ForwardAuthBuilder {
@@ -78,14 +102,15 @@ impl Default for ForwardAuthBuilder {
             max_denial_body: DEFAULT_MAX_DENIAL_BODY,
             credentials_file: None,
             watch_credentials: true,
+            ca_files: Vec::new(),
         }
     }
 }
 
 impl ForwardAuthBuilder {
-    /// The auth service (`http://oauth2-proxy:4180/oauth2/auth`): asked with a bodiless `GET`
-    /// before each request is forwarded. Without it, no request is checked (Kestra's
-    /// credentials alone may still be injected).
+    /// The auth service (`http://oauth2-proxy:4180/oauth2/auth`, or `https://`): asked with a
+    /// bodiless `GET` before each request is forwarded. Without it, no request is checked
+    /// (Kestra's credentials alone may still be injected).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
@@ -129,6 +154,13 @@ impl ForwardAuthBuilder {
         self
     }
 
+    /// Also trusts the certificates of the PEM file at `path` for an `https://` auth service
+    /// (a cluster's private CA), besides the system's roots; repeatable.
+    pub fn auth_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_files.push(path.into());
+        self
+    }
+
     /// Kestra's credentials, a file holding `user:password`; see [`KestraCredentials`].
     pub fn kestra_credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.credentials_file = Some(path.into());
@@ -152,7 +184,12 @@ impl ForwardAuthBuilder {
                 let uri: Uri = url
                     .parse()
                     .map_err(|_| ForwardAuthError::InvalidUrl(url.clone()))?;
-                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                let https = match uri.scheme_str() {
+                    Some("http") => false,
+                    Some("https") => true,
+                    _ => return Err(ForwardAuthError::InvalidUrl(url.clone())),
+                };
+                if uri.authority().is_none() {
                     return Err(ForwardAuthError::InvalidUrl(url.clone()));
                 }
                 if self.timeout.is_zero() {
@@ -160,9 +197,23 @@ impl ForwardAuthBuilder {
                 }
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .build(connector);
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+                let client = if https {
+                    // The HttpConnector refuses https URIs unless told TLS is handled above it.
+                    connector.enforce_http(false);
+                    let tls = client_config(&self.ca_files)?;
+                    AuthClient::Https(builder.build(HttpsConnector::from((connector, tls))))
+                } else {
+                    // Unused over http, but a broken file is still a configuration error.
+                    let mut unused = RootCertStore::empty();
+                    for path in &self.ca_files {
+                        add_ca_file(&mut unused, path)?;
+                    }
+                    AuthClient::Http(builder.build(connector))
+                };
                 Some(AuthService {
                     uri,
                     client,
@@ -219,6 +270,49 @@ impl ForwardAuthBuilder {
             })),
         })
     }
+}
+
+/// TLS to an `https://` auth service: the system's roots plus `ca_files`, ring, TLS 1.2 and
+/// 1.3, ALPN `http/1.1` (the client speaks HTTP/1.1 only).
+fn client_config(ca_files: &[PathBuf]) -> Result<Arc<ClientConfig>, ForwardAuthError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for err in &native.errors {
+        tracing::warn!(error = %err, "cannot load a system trust root");
+    }
+    roots.add_parsable_certificates(native.certs);
+    for path in ca_files {
+        add_ca_file(&mut roots, path)?;
+    }
+    if roots.is_empty() {
+        return Err(ForwardAuthError::NoTrustedRoots);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ForwardAuthError::Tls(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Adds every certificate of the PEM file at `path` to `roots`; at least one.
+fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), ForwardAuthError> {
+    let error = |reason: String| ForwardAuthError::AuthCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut found = 0_usize;
+    for cert in CertificateDer::pem_file_iter(path).map_err(|err| error(err.to_string()))? {
+        let cert = cert.map_err(|err| error(err.to_string()))?;
+        roots.add(cert).map_err(|err| error(err.to_string()))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(error("holds no PEM certificate".to_owned()));
+    }
+    Ok(())
 }
 
 /// Headers the layer itself owns: never copied from an auth answer.

@@ -21,6 +21,10 @@
 //!     Kestra is never contacted.
 //!   - **Unreachable, broken, or slower than [`timeout`]** (5 s by default; connecting,
 //!     the answer and its body all count): 503, Kestra never contacted. Fail closed, always.
+//!   - The auth URL is `http://` or `https://`; over TLS the certificate is verified against
+//!     the system's roots and the [`auth_ca`] files, and one that does not verify is a 503
+//!     like any unreachable service. One pooled keep-alive HTTP/1.1 client (hyper-util's)
+//!     serves every request, shared by the layer's clones.
 //! - The client's own headers named like an auth-response header are removed from every
 //!   request, bypassed ones included: a client never chooses its identity.
 //! - [`bypass`] paths skip the check: Kestra's machine endpoints, `{ctx}/ping`,
@@ -54,6 +58,7 @@
 //! [`bypass`]: ForwardAuthBuilder::bypass
 //! [`cache`]: ForwardAuthBuilder::cache
 //! [`kestra_credentials_file`]: ForwardAuthBuilder::kestra_credentials_file
+//! [`auth_ca`]: ForwardAuthBuilder::auth_ca
 //!
 //! ```no_run
 //! use kestra_edge_auth::ForwardAuthLayer;

@@ -852,3 +852,52 @@ async fn kestra_credentials_alone_need_no_auth_service() {
     assert!(seen.header_values("remote-user").is_empty());
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn an_https_auth_service_is_verified_and_fails_closed_when_untrusted() {
+    let generated = kestra_edge::tls::self_signed(&["127.0.0.1"]).unwrap();
+    let auth = AuthStandin::start_tls(generated.certified.clone()).await;
+    assert!(auth.url().starts_with("https://"));
+    let kestra = upstream().await;
+    let ca = credentials_file("auth-ca", &generated.cert_pem);
+
+    // Trusted through the CA file: checked over TLS.
+    let trusting = layer(&auth).auth_ca(&ca).build().unwrap();
+    let gateway = Gateway::start(&kestra, trusting).await;
+    let response = client()
+        .get(gateway.url("/kestra/api/v1/echo/tls"))
+        .header("cookie", "session=good")
+        .send()
+        .await
+        .unwrap();
+    let seen = echo(response).await;
+    assert_eq!(seen.header_values("x-auth-request-user"), ["alice"]);
+    let response = client()
+        .get(gateway.url("/kestra/api/v1/echo/tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(auth.count(), 2);
+
+    // Not trusted (the system's roots only): the handshake fails, 503, Kestra never asked.
+    let kestra = upstream().await;
+    let gateway = Gateway::start(&kestra, layer(&auth).build().unwrap()).await;
+    let response = client()
+        .get(gateway.url("/kestra/api/v1/echo/tls"))
+        .header("cookie", "session=good")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(kestra.stats().accepted_connections(), 0);
+    assert_eq!(auth.count(), 2);
+
+    // A CA file without a certificate is refused when the layer is built.
+    let empty = credentials_file("auth-ca-empty", "not a certificate\n");
+    let err = layer(&auth).auth_ca(&empty).build().unwrap_err();
+    assert!(err.to_string().contains("auth-ca-empty"), "{err}");
+    for file in [ca, empty] {
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    }
+}

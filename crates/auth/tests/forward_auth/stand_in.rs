@@ -34,6 +34,7 @@ impl Seen {
 }
 
 pub(crate) struct AuthStandin {
+    scheme: &'static str,
     pub(crate) addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     hang: Arc<AtomicBool>,
@@ -42,6 +43,15 @@ pub(crate) struct AuthStandin {
 
 impl AuthStandin {
     pub(crate) async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Over TLS with `certified`; its URL is then `https://`.
+    pub(crate) async fn start_tls(certified: std::sync::Arc<rustls::sign::CertifiedKey>) -> Self {
+        Self::start_with(Some(certified)).await
+    }
+
+    async fn start_with(tls: Option<std::sync::Arc<rustls::sign::CertifiedKey>>) -> Self {
         let server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = server.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -73,10 +83,23 @@ impl AuthStandin {
                 }
             })
         };
-        tokio::spawn(server.serve(service, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let scheme = match tls {
+            None => {
+                tokio::spawn(server.serve(service, stopped));
+                "http"
+            }
+            Some(certified) => {
+                let store = kestra_edge::tls::CertStore::new(certified);
+                let acceptor = kestra_edge::tls::TlsAcceptor::new(store).unwrap();
+                tokio::spawn(server.transport(acceptor).serve(service, stopped));
+                "https"
+            }
+        };
         Self {
+            scheme,
             addr,
             seen,
             hang,
@@ -86,7 +109,7 @@ impl AuthStandin {
 
     /// The auth URL to configure.
     pub(crate) fn url(&self) -> String {
-        format!("http://{}/oauth2/auth", self.addr)
+        format!("{}://{}/oauth2/auth", self.scheme, self.addr)
     }
 
     pub(crate) fn seen(&self) -> Vec<Seen> {

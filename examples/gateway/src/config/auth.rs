@@ -16,11 +16,20 @@ const KESTRA_MACHINE_ENDPOINTS: [&str; 3] = [
 /// Flags of forward authentication.
 #[derive(Debug, Default, clap::Args)]
 pub struct AuthArgs {
-    /// Ask this auth service (oauth2-proxy, Authelia, Authentik) before forwarding a
+    /// Ask this auth service (oauth2-proxy, Authelia, Authentik; http or https) before forwarding a
     /// request: a bodiless GET with the client's Cookie, Authorization and X-Forwarded-*;
     /// 2xx forwards, any other answer goes back to the client [default: off].
     #[arg(long, env = "KESTRA_EDGE_FORWARD_AUTH", value_name = "URL")]
     pub forward_auth: Option<String>,
+    /// A PEM file of CA certificates trusted for an https auth service besides the system's;
+    /// repeatable.
+    #[arg(
+        long = "forward-auth-ca",
+        env = "KESTRA_EDGE_FORWARD_AUTH_CA",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub forward_auth_ca: Vec<PathBuf>,
     /// Longest wait for the auth service, connecting included; then 503 [default: 5s].
     #[arg(long, env = "KESTRA_EDGE_FORWARD_AUTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub forward_auth_timeout: Option<Duration>,
@@ -58,6 +67,7 @@ pub struct AuthArgs {
 #[serde(rename_all = "snake_case")]
 pub(super) struct AuthFile {
     forward_auth: Option<String>,
+    forward_auth_ca: Option<Vec<PathBuf>>,
     #[serde(default, with = "humantime_serde_opt")]
     forward_auth_timeout: Option<Duration>,
     auth_response_headers: Option<Vec<String>>,
@@ -72,6 +82,8 @@ pub(super) struct AuthFile {
 pub struct AuthConfig {
     /// See `--forward-auth`.
     pub url: Option<String>,
+    /// See `--forward-auth-ca`.
+    pub ca: Vec<PathBuf>,
     /// See `--forward-auth-timeout`.
     pub timeout: Option<Duration>,
     /// See `--auth-response-header`.
@@ -88,6 +100,10 @@ impl AuthConfig {
     pub(super) fn resolve(args: AuthArgs, file: AuthFile) -> Self {
         Self {
             url: args.forward_auth.or(file.forward_auth),
+            ca: Some(args.forward_auth_ca)
+                .filter(|v| !v.is_empty())
+                .or(file.forward_auth_ca)
+                .unwrap_or_default(),
             timeout: args.forward_auth_timeout.or(file.forward_auth_timeout),
             response_headers: Some(args.auth_response_headers)
                 .filter(|v| !v.is_empty())
@@ -130,6 +146,9 @@ impl AuthConfig {
             for path in self.bypass_paths(context_path) {
                 builder = builder.bypass(path);
             }
+        }
+        for ca in &self.ca {
+            builder = builder.auth_ca(ca.clone());
         }
         for name in &self.response_headers {
             builder = builder.auth_response_header(name.clone());

@@ -665,6 +665,10 @@ mod tests {
             "X-Auth-Request-Email,Remote-User",
             "--forward-auth-cache",
             "30s",
+            "--forward-auth-ca",
+            "/etc/ca/a.pem",
+            "--forward-auth-ca",
+            "/etc/ca/b.pem,/etc/ca/c.pem",
         ]);
         let a = &c.auth;
         assert_eq!(a.url.as_deref(), Some("http://127.0.0.1:4180/oauth2/auth"));
@@ -674,6 +678,10 @@ mod tests {
             ["X-Auth-Request-User", "X-Auth-Request-Email", "Remote-User"]
         );
         assert_eq!(a.cache, Some(Duration::from_secs(30)));
+        assert_eq!(
+            a.ca,
+            ["/etc/ca/a.pem", "/etc/ca/b.pem", "/etc/ca/c.pem"].map(PathBuf::from)
+        );
         // Kestra's machine endpoints under the context path, unless told otherwise.
         assert_eq!(
             a.bypass_paths(c.prefix.context_path.as_deref()),
@@ -683,7 +691,12 @@ mod tests {
                 "/kestra/api/v1/{tenant}/executions/webhook/"
             ]
         );
-        assert!(a.layer(Some("/kestra")).unwrap().is_enabled());
+        let mut without_ca = a.clone();
+        without_ca.ca.clear();
+        assert!(without_ca.layer(Some("/kestra")).unwrap().is_enabled());
+        // A CA file that cannot be read stops the gateway, naming it.
+        let err = a.layer(Some("/kestra")).unwrap_err();
+        assert!(err.to_string().contains("/etc/ca/a.pem"), "{err}");
         let c = parse(&["--auth-bypass", "/a/b", "--auth-bypass", "/c/{x}/d,/e"]);
         assert_eq!(c.auth.bypass_paths(None), ["/a/b", "/c/{x}/d", "/e"]);
         let c = parse(&["--auth-bypass", "none"]);
@@ -702,6 +715,7 @@ mod tests {
                     auth_response_headers = ["Remote-User", "Remote-Email"]
                     auth_bypass = ["/kestra/ping"]
                     forward_auth_cache = "1m"
+                    forward_auth_ca = ["/f/ca.pem"]
                     kestra_credentials_file = "{}"
                 "#,
                 credentials.display()
@@ -718,7 +732,10 @@ mod tests {
         assert_eq!(a.response_headers, ["Remote-User", "Remote-Email"]);
         assert_eq!(a.bypass_paths(None), ["/kestra/ping"]);
         assert_eq!(a.cache, Some(Duration::from_secs(60)));
+        assert_eq!(a.ca, [PathBuf::from("/f/ca.pem")]);
         assert_eq!(a.credentials_file.as_deref(), Some(credentials.as_path()));
+        let mut a = a.clone();
+        a.ca.clear();
         let layer = a.layer(None).unwrap();
         assert!(layer.kestra_credentials().is_some());
 
@@ -738,6 +755,7 @@ mod tests {
                 "/x/ping,/x/api/v1/{tenant}/executions/webhook/",
             ),
             ("KESTRA_EDGE_FORWARD_AUTH_CACHE", "45s"),
+            ("KESTRA_EDGE_FORWARD_AUTH_CA", "/env/a.pem,/env/b.pem"),
             ("KESTRA_EDGE_KESTRA_CREDENTIALS_FILE", "/env/credentials"),
         ];
         for (name, value) in vars {
@@ -756,11 +774,14 @@ mod tests {
             ["/x/ping", "/x/api/v1/{tenant}/executions/webhook/"]
         );
         assert_eq!(a.cache, Some(Duration::from_secs(45)));
+        assert_eq!(a.ca, ["/env/a.pem", "/env/b.pem"].map(PathBuf::from));
         assert_eq!(
             a.credentials_file.as_deref(),
             Some(std::path::Path::new("/env/credentials"))
         );
         // A missing credentials file stops the gateway, naming the file.
+        let mut a = a.clone();
+        a.ca.clear();
         let err = a.layer(None).unwrap_err();
         assert!(err.to_string().contains("/env/credentials"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
@@ -770,11 +791,15 @@ mod tests {
     async fn invalid_forward_auth_settings_are_configuration_errors() {
         for (url, bypass, message) in [
             (
-                "https://auth/oauth2/auth",
+                "ftp://auth/oauth2/auth",
                 None,
-                "must be an absolute http:// URL",
+                "must be an absolute http:// or https:// URL",
             ),
-            ("auth:4180", None, "must be an absolute http:// URL"),
+            (
+                "auth:4180",
+                None,
+                "must be an absolute http:// or https:// URL",
+            ),
             ("http://auth/", Some("ping"), "must start with /"),
             ("http://auth/", Some("/"), "would bypass everything"),
         ] {
