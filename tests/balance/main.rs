@@ -479,6 +479,40 @@ async fn no_healthy_replica_is_503_with_retry_after_at_once() {
     );
 }
 
+#[tokio::test]
+async fn an_open_websocket_counts_as_load_on_its_replica_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let replicas = Replicas::start().await;
+    let gateway = Running::start(replicas.gateway_config()).await;
+    let loads = || -> Vec<u32> { gateway.replicas().iter().map(|r| r.in_flight).collect() };
+    assert_eq!(loads().iter().sum::<u32>(), 0, "{:?}", gateway.replicas());
+
+    let url = format!("ws://{}/kestra/api/v1/ws/echo", gateway.addr);
+    let (mut socket, response) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("hello")
+    );
+    // The tunnel is open: its replica carries it as one request in flight, the others none.
+    let mut open = loads();
+    open.sort_unstable();
+    assert_eq!(open, [0, 0, 1], "{:?}", gateway.replicas());
+
+    // The closing handshake, then the client's side of the connection: both directions end.
+    socket.close(None).await.unwrap();
+    while let Some(Ok(_)) = socket.next().await {}
+    drop(socket);
+    assert!(
+        eventually(Duration::from_secs(5), || loads().iter().all(|&l| l == 0)).await,
+        "{:?}",
+        gateway.replicas()
+    );
+}
+
 /// A resolver the test edits: `kestra.test` is whatever the list holds.
 #[derive(Clone, Default)]
 struct TestResolver(Arc<Mutex<Vec<IpAddr>>>);

@@ -13,6 +13,7 @@ use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use kestra_edge_proxy::{EventStreamReadTimeout, ProxyBody, UpgradeProtocol, UpstreamFailure};
+use kestra_edge_upgrade::TunnelGuard;
 use pin_project_lite::pin_project;
 use std::{
     convert::Infallible,
@@ -268,6 +269,13 @@ where
     fn finish(&mut self, response: Response<ProxyBody>) -> Response<BalanceBody> {
         let failed = response.extensions().get::<UpstreamFailure>().is_some();
         let (mut parts, body) = response.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The upgrade layer drops this answer, body and all, when the tunnel starts: the
+            // tunnel keeps the count instead, until both its directions end.
+            if let Some(in_flight) = self.in_flight.take() {
+                parts.extensions.insert(TunnelGuard::new(in_flight));
+            }
+        }
         let load = self.in_flight.take().map(|in_flight| Load {
             in_flight,
             backoff: self.shared.config.backoff,

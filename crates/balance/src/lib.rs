@@ -8,8 +8,9 @@
 //!   (a slower answer replaces the estimate at once, faster ones pull it down over a 10 s
 //!   decay) times the requests in flight plus one. Open response bodies count as in flight
 //!   until they end, so a replica holding many SSE streams gets fewer new requests. A
-//!   WebSocket tunnel is not counted once it is open: the upgrade layer takes the upstream's
-//!   connection out of the `101` answer and drops the answer, and with it the count.
+//!   WebSocket tunnel counts until both its directions end: the `101` answer carries the
+//!   count in a [`TunnelGuard`](kestra_edge_upgrade::TunnelGuard), which the upgrade layer
+//!   keeps in the tunnel it opens.
 //! - **Active health checks** ([`HealthCheck`]): `GET /health/readiness` on Kestra's
 //!   management port; only 2xx passes; `fails` in a row take a replica out, `passes` bring
 //!   it back. Every replica is probed once before [`BalanceBuilder::build`] returns.

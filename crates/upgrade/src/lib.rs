@@ -18,7 +18,8 @@
 //!   extensions, and bytes are copied both ways with no reframing;
 //! - limits tunnels: an idle timeout (default 600 s), an optional lifetime, FIN passed on
 //!   while the other direction drains, errors close both sides; [`Tunnels`] counts them and
-//!   closes the rest at the end of a graceful shutdown;
+//!   closes the rest at the end of a graceful shutdown; a [`TunnelGuard`] in the upstream's
+//!   `101` extensions is kept until its tunnel ends (a balancer counts the tunnel as load so);
 //! - accepts RFC 8441 extended CONNECT (`:protocol websocket`) from HTTP/2 clients and turns
 //!   it into an HTTP/1.1 WebSocket upgrade toward the upstream (serve with
 //!   `enable_connect_protocol`, as kestra-edge's server does).
@@ -31,4 +32,4 @@ mod service;
 mod tunnel;
 
 pub use service::{ResponseFuture, Upgrade, UpgradeLayer, DEFAULT_TUNNEL_IDLE_TIMEOUT};
-pub use tunnel::Tunnels;
+pub use tunnel::{TunnelGuard, Tunnels};

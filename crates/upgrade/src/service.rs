@@ -5,7 +5,7 @@ use crate::{
         new_websocket_key, plan, upstream_agrees, Plan, HTTP2_SETTINGS, SEC_WEBSOCKET_ACCEPT,
         SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
     },
-    tunnel::{self, TunnelLimits, Tunnels},
+    tunnel::{self, TunnelGuard, TunnelLimits, Tunnels},
 };
 use http::{
     header::{CONNECTION, UPGRADE},
@@ -300,6 +300,7 @@ fn switch<B: From<&'static str>>(mut upstream: Response<B>, pending: Pending) ->
         return plain_text(StatusCode::BAD_GATEWAY, "upstream upgrade failed\n");
     }
     let upstream_io = hyper::upgrade::on(&mut upstream);
+    let guard = upstream.extensions_mut().remove::<TunnelGuard>();
     let mut response = Response::new(B::from(""));
     if pending.extended_connect {
         // RFC 8441 §5: a 2xx opens the stream as the tunnel.
@@ -323,6 +324,109 @@ fn switch<B: From<&'static str>>(mut upstream: Response<B>, pending: Pending) ->
         upstream_io,
         pending.limits,
         pending.tunnels,
+        guard,
     ));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TunnelGuard;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        sync::oneshot,
+    };
+    use tower::ServiceExt;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    /// RFC 6455 §1.3: the accept for `KEY`.
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    /// Reads until the end of an HTTP head.
+    async fn read_head(io: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(io.read(&mut byte).await.unwrap(), 1, "head cut short");
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// An upstream that switches to WebSocket, then echoes bytes until the client's FIN.
+    async fn echo_upstream() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut io, _) = listener.accept().await.unwrap();
+            read_head(&mut io).await;
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+            );
+            io.write_all(answer.as_bytes()).await.unwrap();
+            let (mut read, mut write) = io.split();
+            tokio::io::copy(&mut read, &mut write).await.unwrap();
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_guard_of_a_101_lives_until_the_tunnel_ends() {
+        let upstream = echo_upstream().await;
+        // The guard is a sender: its receiver learns when the tunnel lets it go.
+        let (guard, mut dropped) = oneshot::channel::<()>();
+        let guard = Arc::new(std::sync::Mutex::new(Some(TunnelGuard::new(guard))));
+        // The inner service: a plain HTTP/1.1 client that hangs the guard on the 101.
+        let inner = tower::service_fn(move |req: Request<Incoming>| {
+            let guard = guard.lock().unwrap().take();
+            async move {
+                let io = TokioIo::new(TcpStream::connect(upstream).await.unwrap());
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn.with_upgrades());
+                let mut response = sender.send_request(req).await.unwrap();
+                if let Some(guard) = guard {
+                    response.extensions_mut().insert(guard);
+                }
+                Ok::<_, Infallible>(response.map(|_| String::new()))
+            }
+        });
+        let layer = UpgradeLayer::new();
+        let tunnels = layer.tunnels().clone();
+        let service = layer.layer(inner);
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (io, _) = front.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |req| service.clone().oneshot(req));
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades()
+                .await
+                .unwrap();
+        });
+
+        let mut client = TcpStream::connect(front_addr).await.unwrap();
+        let upgrade = format!("GET /ws HTTP/1.1\r\nHost: k\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n");
+        client.write_all(upgrade.as_bytes()).await.unwrap();
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        client.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+        assert_eq!(tunnels.open(), 1);
+        assert_eq!(dropped.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+
+        // The client's FIN reaches the upstream, which closes; both directions have ended.
+        client.shutdown().await.unwrap();
+        assert_eq!(client.read(&mut echoed).await.unwrap(), 0);
+        let ended = tokio::time::timeout(Duration::from_secs(5), dropped).await;
+        assert!(matches!(ended, Ok(Err(_))), "guard still held: {ended:?}");
+        assert_eq!(tunnels.open(), 0);
+    }
 }

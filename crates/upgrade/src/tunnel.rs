@@ -3,7 +3,8 @@
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::{
-    io,
+    any::Any,
+    fmt, io,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -93,6 +94,37 @@ impl Drop for OpenTunnel {
     }
 }
 
+/// Something that must stay alive as long as the tunnel behind an upstream's `101`: an inner
+/// layer puts it in that response's extensions, and the upgrade layer moves it into the
+/// tunnel and drops it once both directions have ended (or a limit, an error or shutdown
+/// closed the tunnel, or the upgrade never completed).
+///
+/// A balancer keeps a WebSocket counted as load on its replica this way: the `101`'s body,
+/// where an ordinary answer keeps that count, is dropped when the tunnel starts. One guard
+/// per response (a second insert replaces the first); clones share it, so it is dropped
+/// with the last one. Any answer but a valid `101` is relayed or replaced as usual, and the
+/// guard goes with it.
+#[derive(Clone)]
+pub struct TunnelGuard {
+    // Only held: its drop is the point.
+    _held: Arc<dyn Any + Send + Sync>,
+}
+
+impl TunnelGuard {
+    /// Keeps `guard` until the tunnel ends.
+    pub fn new<T: Any + Send + Sync>(guard: T) -> Self {
+        Self {
+            _held: Arc::new(guard),
+        }
+    }
+}
+
+impl fmt::Debug for TunnelGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelGuard").finish_non_exhaustive()
+    }
+}
+
 /// Limits of every tunnel.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TunnelLimits {
@@ -105,12 +137,13 @@ pub(crate) struct TunnelLimits {
 ///
 /// A FIN from one side is passed on and the other direction drains
 /// (`copy_bidirectional` shuts down the writer when its reader ends); a reset or error on
-/// either side closes both.
+/// either side closes both. `guard` is dropped on return, whichever way the tunnel ended.
 pub(crate) async fn run(
     client: OnUpgrade,
     upstream: OnUpgrade,
     limits: TunnelLimits,
     tunnels: Tunnels,
+    guard: Option<TunnelGuard>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -151,6 +184,7 @@ pub(crate) async fn run(
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "tunnel ended"
     );
+    drop(guard);
 }
 
 /// Resolves once no byte has moved either way for `limit`.
