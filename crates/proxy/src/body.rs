@@ -1,6 +1,9 @@
 //! The request body sent upstream and the response body sent to the client.
 
-use crate::error::{BodyError, BoxError};
+use crate::{
+    error::{BodyError, BoxError},
+    h1::exchange::H1Body,
+};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -199,7 +202,7 @@ pin_project! {
     enum Kind {
         Upstream {
             #[pin]
-            body: Incoming,
+            body: UpstreamBody,
             // One timer for the whole body, re-armed only when it fires: frames that are ready
             // cost no clock read and no timer work.
             #[pin]
@@ -216,8 +219,65 @@ pin_project! {
     }
 }
 
+pin_project! {
+    /// The upstream's body, read by hyper or by the own HTTP/1.1 path.
+    #[project = UpstreamProj]
+    #[derive(Debug)]
+    pub(crate) enum UpstreamBody {
+        Hyper {
+            #[pin]
+            body: Incoming,
+        },
+        Own {
+            body: H1Body,
+        },
+    }
+}
+
+impl UpstreamBody {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.project() {
+            UpstreamProj::Hyper { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BodyError::Upstream))),
+            UpstreamProj::Own { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(|e| BodyError::Connection(Box::new(e))))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper { body } => body.is_end_stream(),
+            Self::Own { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper { body } => body.size_hint(),
+            Self::Own { body } => body.size_hint(),
+        }
+    }
+}
+
+impl From<Incoming> for UpstreamBody {
+    fn from(body: Incoming) -> Self {
+        Self::Hyper { body }
+    }
+}
+
+impl From<H1Body> for UpstreamBody {
+    fn from(body: H1Body) -> Self {
+        Self::Own { body }
+    }
+}
+
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, read_timeout: Option<Duration>) -> Self {
+    pub(crate) fn upstream(body: UpstreamBody, read_timeout: Option<Duration>) -> Self {
         // Never polled without a read timeout, so its deadline does not matter then.
         let first_deadline = Instant::now() + read_timeout.unwrap_or_default();
         Self {
@@ -265,7 +325,7 @@ impl Body for ProxyBody {
             } => {
                 if let Poll::Ready(frame) = body.poll_frame(cx) {
                     *waiting_since = None;
-                    return Poll::Ready(frame.map(|r| r.map_err(BodyError::Upstream)));
+                    return Poll::Ready(frame);
                 }
                 let Some(read_timeout) = *read_timeout else {
                     return Poll::Pending;

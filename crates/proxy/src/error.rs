@@ -254,6 +254,10 @@ pub enum BodyError {
     /// The upstream connection failed mid-body.
     #[error("upstream body failed")]
     Upstream(#[source] hyper::Error),
+    /// The upstream connection of the own HTTP/1.1 path failed mid-body: it closed early,
+    /// was reset, or broke the framing (see [`h1::H1Error`](crate::h1::H1Error)).
+    #[error("upstream body failed")]
+    Connection(#[source] BoxError),
 }
 
 impl BodyError {

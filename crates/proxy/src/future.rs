@@ -1,8 +1,12 @@
 //! The future that waits for the upstream's response head.
 
-use crate::{body::Progress, error::ProxyError, ProxyBody};
+use crate::{
+    body::{Progress, UpstreamBody},
+    error::ProxyError,
+    h1::exchange::Exchange,
+    ProxyBody,
+};
 use http::{header::CONTENT_TYPE, HeaderValue, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use kestra_edge_headers::{is_event_stream, remove_hop_by_hop};
 use pin_project_lite::pin_project;
@@ -27,12 +31,51 @@ pin_project! {
 }
 
 pin_project! {
+    /// The request in flight: on hyper-util's pooled client, or on the own HTTP/1.1 path.
+    #[project = InnerProj]
+    #[derive(Debug)]
+    pub(crate) enum Inner {
+        Hyper {
+            #[pin]
+            future: legacy::ResponseFuture,
+        },
+        Own {
+            exchange: Exchange,
+        },
+    }
+}
+
+impl Inner {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<UpstreamBody>, ClientError>> {
+        match self.project() {
+            InnerProj::Hyper { future } => future.poll(cx).map(|r| {
+                r.map(|res| res.map(UpstreamBody::from))
+                    .map_err(ClientError::Hyper)
+            }),
+            InnerProj::Own { exchange } => exchange.poll(cx).map(|r| {
+                r.map(|res| res.map(UpstreamBody::from))
+                    .map_err(ClientError::Own)
+            }),
+        }
+    }
+}
+
+/// A failure of either client.
+enum ClientError {
+    Hyper(legacy::Error),
+    Own(ProxyError),
+}
+
+pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind {
         Waiting {
             #[pin]
-            inner: legacy::ResponseFuture,
+            inner: Inner,
             #[pin]
             sleep: Sleep,
             progress: Option<Arc<Progress>>,
@@ -53,7 +96,7 @@ impl ResponseFuture {
     // Crate-private: each argument is one field of the waiting state.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        inner: legacy::ResponseFuture,
+        inner: Inner,
         progress: Option<Arc<Progress>>,
         start: Instant,
         read_timeout: Duration,
@@ -75,6 +118,16 @@ impl ResponseFuture {
                 span,
             },
         }
+    }
+
+    /// The request on hyper-util's pooled client.
+    pub(crate) fn hyper(future: legacy::ResponseFuture) -> Inner {
+        Inner::Hyper { future }
+    }
+
+    /// The request on the own HTTP/1.1 path.
+    pub(crate) fn own(exchange: Exchange) -> Inner {
+        Inner::Own { exchange }
     }
 
     /// A future that answers at once with the gateway's own `status` and `text`.
@@ -106,10 +159,12 @@ impl Future for ResponseFuture {
                 let _enter = span.enter();
                 let polled = loop {
                     match inner.as_mut().poll(cx) {
-                        Poll::Ready(Err(err)) if replay.is_some() && closed_unanswered(&err) => {
+                        Poll::Ready(Err(ClientError::Hyper(err)))
+                            if replay.is_some() && closed_unanswered(&err) =>
+                        {
                             if let Some(Replay(send)) = replay.take() {
                                 tracing::debug!(error = %err, "upstream closed unanswered: retried");
-                                inner.set(send());
+                                inner.set(Inner::Hyper { future: send() });
                             }
                         }
                         polled => break polled,
@@ -117,7 +172,8 @@ impl Future for ResponseFuture {
                 };
                 let result = match polled {
                     Poll::Ready(Ok(response)) => Ok(response),
-                    Poll::Ready(Err(err)) => Err(ProxyError::from_client(err)),
+                    Poll::Ready(Err(ClientError::Hyper(err))) => Err(ProxyError::from_client(err)),
+                    Poll::Ready(Err(ClientError::Own(err))) => Err(err),
                     Poll::Pending => loop {
                         ready!(sleep.as_mut().poll(cx));
                         // The timer counts from the last request byte, not from the start.
@@ -209,7 +265,7 @@ fn closed_unanswered(err: &legacy::Error) -> bool {
 
 /// The upstream's response as sent to the client: hop-by-hop fields removed, body streamed.
 fn proxied_response(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     read_timeout: Duration,
     event_stream_timeout: Option<EventStreamReadTimeout>,
 ) -> Response<ProxyBody> {

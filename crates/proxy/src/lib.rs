@@ -58,6 +58,7 @@
 mod body;
 mod error;
 mod future;
+pub mod h1;
 mod service;
 mod tls;
 

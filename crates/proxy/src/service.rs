@@ -4,6 +4,10 @@ use crate::{
     body::{Progress, RequestBody},
     error::{BoxError, ProxyError},
     future::{EventStreamReadTimeout, Replay, ResponseFuture},
+    h1::{
+        codec::write_request_head,
+        exchange::{Exchange, Upstream},
+    },
     tls::ConnectDeadline,
 };
 use http::{
@@ -248,8 +252,19 @@ impl ReverseProxyBuilder {
             UpstreamClient::Http(client.build(connector))
         };
 
+        let own = (scheme == Scheme::HTTP).then(|| {
+            Arc::new(Upstream::new(
+                authority.host(),
+                authority.port_u16().unwrap_or(80),
+                authority.as_str(),
+                self.connect_timeout,
+                self.pool_idle_timeout,
+                self.pool_max_idle_per_host,
+            ))
+        });
         Ok(ReverseProxy {
             client: Arc::new(client),
+            own,
             shared: Arc::new(Shared {
                 scheme,
                 authority,
@@ -331,6 +346,8 @@ pub struct ReverseProxy<B> {
     /// Shared: hyper-util's client is some 350 bytes, and tower services are cloned per
     /// request (`TowerToHyperService`) and per connection.
     pub(crate) client: Arc<UpstreamClient<B>>,
+    /// The own HTTP/1.1 path of bodiless requests, for a plain `http://` upstream.
+    own: Option<Arc<Upstream>>,
     shared: Arc<Shared>,
 }
 
@@ -338,6 +355,7 @@ impl<B> Clone for ReverseProxy<B> {
     fn clone(&self) -> Self {
         Self {
             client: self.client.clone(),
+            own: self.own.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -430,6 +448,38 @@ where
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let upgrade = parts.extensions.get::<UpgradeProtocol>().cloned();
+        if let (Some(own), None, true) = (&self.own, &upgrade, body.is_end_stream()) {
+            // The hot path: a bodiless request to a plain upstream, on the own HTTP/1.1
+            // client. The origin-form target is all it needs; no URI is rebuilt.
+            if path_and_query.as_str().starts_with('/') {
+                remove_hop_by_hop(&mut parts.headers);
+                if let Some(host) = host {
+                    parts.headers.insert(HOST, host);
+                }
+                let head = write_request_head(
+                    &parts.method,
+                    path_and_query.as_str(),
+                    &parts.headers,
+                    own.authority(),
+                );
+                drop(body);
+                let replayable =
+                    matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+                let exchange =
+                    Exchange::new(own.clone(), head, parts.method == Method::HEAD, replayable);
+                return ResponseFuture::new(
+                    ResponseFuture::own(exchange),
+                    None,
+                    start,
+                    self.shared.read_timeout,
+                    event_stream_timeout,
+                    false,
+                    None,
+                    span,
+                );
+            }
+        }
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.shared.scheme.clone());
         uri.authority = Some(self.shared.authority.clone());
@@ -444,7 +494,6 @@ where
         if let Some(host) = host {
             parts.headers.insert(HOST, host);
         }
-        let upgrade = parts.extensions.get::<UpgradeProtocol>().cloned();
         if let Some(UpgradeProtocol(protocol)) = &upgrade {
             // RFC 9110 §7.8: the only hop-by-hop fields that go on, put back after removal.
             parts
@@ -488,7 +537,7 @@ where
             self.client.request(req)
         };
         ResponseFuture::new(
-            future,
+            ResponseFuture::hyper(future),
             progress,
             start,
             self.shared.read_timeout,
