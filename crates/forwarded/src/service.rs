@@ -493,6 +493,9 @@ impl ClientView {
             let bytes = text.as_bytes().get(range)?;
             HeaderValue::from_bytes(bytes).ok()
         };
+        // Room for every field added, so that the map grows (and rehashes) once at most: a
+        // request's map is built by hyper exactly as large as the client's fields.
+        headers.reserve(8);
         if let Some(chain) = chain.and_then(value) {
             headers.insert(X_FORWARDED_FOR, chain);
         }

@@ -9,12 +9,14 @@ use http::{
     header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING},
     HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version,
 };
+use std::mem::MaybeUninit;
 
 /// The largest response head (status line and fields), like nginx's
 /// `proxy_buffer_size` times eight; larger is a 502.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields in a response head (hyper's default is 100).
-pub const MAX_HEADERS: usize = 128;
+/// The most header fields in a response head: hyper's default, so that the two paths
+/// refuse the same heads.
+pub const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line, extensions included.
 pub const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// The largest trailer section.
@@ -142,9 +144,15 @@ pub fn parse_head(
     interim: &mut usize,
 ) -> Result<Option<Head>, H1Error> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let len = match response.parse(buf) {
+        // Uninitialised field slots: zeroing 100 of them costs more than parsing a head.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 if buf.len() >= MAX_HEAD {
@@ -176,27 +184,25 @@ pub fn parse_head(
             buf.advance(len);
             continue;
         }
-        // The field slices point into `buf`: record where, then take the head's bytes out
-        // once and slice the values from them without copying.
-        let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
         let count = response.headers.len();
-        for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = (
-                name,
-                name + field.name.len(),
-                value,
-                value + field.value.len(),
-            );
-        }
+        // The head's bytes are taken out once; the values are slices of them, not copies.
+        // The fields borrow `buf`, so they are read again from the frozen bytes (httparse
+        // is cheap next to a copy per value).
         let bytes = buf.split_to(len).freeze();
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut again = httparse::Response::new(&mut []);
+        let reparsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut again,
+            &bytes,
+            &mut fields,
+        );
+        if reparsed != Ok(httparse::Status::Complete(len)) {
+            return Err(H1Error::Head);
+        }
         let mut headers = HeaderMap::with_capacity(count);
-        for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-            let name =
-                HeaderName::from_bytes(&bytes[name_start..name_end]).map_err(|_| H1Error::Head)?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end))
+        for field in again.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Head)?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
                 .map_err(|_| H1Error::Head)?;
             headers.append(name, value);
         }
@@ -220,17 +226,19 @@ fn framing(
     headers: &HeaderMap,
     head_request: bool,
 ) -> Result<Framing, H1Error> {
-    let bodiless =
-        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    // Nothing frames a body that cannot exist, so nothing is checked (as hyper does): a
+    // byte after such a head is never read as a body, and the connection is then not reused.
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
     let mut encodings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    let length = content_length(headers)?;
     if encodings.peek().is_some() {
-        if version == Version::HTTP_10 || length.is_some() {
-            return Err(if length.is_some() {
-                H1Error::LengthAndEncoding
-            } else {
-                H1Error::TransferEncoding
-            });
+        // Whatever the length says, valid or not: both framings at once is refused.
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(H1Error::LengthAndEncoding);
+        }
+        if version == Version::HTTP_10 {
+            return Err(H1Error::TransferEncoding);
         }
         let mut chunked = false;
         for value in encodings {
@@ -249,14 +257,9 @@ fn framing(
         if !chunked {
             return Err(H1Error::TransferEncoding);
         }
-        return Ok(if bodiless {
-            Framing::Empty
-        } else {
-            Framing::Chunked
-        });
+        return Ok(Framing::Chunked);
     }
-    Ok(match length {
-        _ if bodiless => Framing::Empty,
+    Ok(match content_length(headers)? {
         Some(0) => Framing::Empty,
         Some(length) => Framing::Length(length),
         None => Framing::Close,

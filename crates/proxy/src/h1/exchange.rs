@@ -22,8 +22,10 @@ use std::{
 };
 use tokio::{io::AsyncWrite, net::TcpStream};
 
-/// Bytes read at a time. hyper's read buffer starts at the same size.
+/// Bytes read at a time at first. hyper's read buffer starts at the same size.
 const READ_SIZE: usize = 8 * 1024;
+/// The most bytes a body reads at a time, once reads keep filling the buffer.
+const MAX_READ_SIZE: usize = 128 * 1024;
 
 /// A plain `http://` upstream reached over the own HTTP/1.1 path.
 #[derive(Debug)]
@@ -254,6 +256,7 @@ impl Exchange {
                                 decoder: BodyDecoder::new(head.framing),
                                 keep_alive: head.keep_alive,
                                 pool: self.upstream.pool.clone(),
+                                read_size: READ_SIZE,
                                 failed: None,
                             };
                             if body.decoder.is_done() {
@@ -327,6 +330,8 @@ pub(crate) struct H1Body {
     decoder: BodyDecoder,
     keep_alive: bool,
     pool: Arc<Pool>,
+    /// How much the next read asks for: grows while reads fill the buffer.
+    read_size: usize,
     /// A failure found, reported at the next poll: the server first writes out the bytes
     /// it was given before it aborts the transfer, so the client sees how far it got.
     failed: Option<H1BodyError>,
@@ -416,10 +421,14 @@ impl H1Body {
                 Poll::Ready(Err(err)) => return self.fail(cx, err.into()),
                 Poll::Ready(Ok(())) => {}
             }
-            if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-                self.buf.reserve(READ_SIZE);
+            if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+                self.buf.reserve(self.read_size);
             }
+            let spare = self.buf.capacity() - self.buf.len();
             match stream.try_read_buf(&mut self.buf) {
+                // A read that filled the buffer: a large body is flowing, read more at once
+                // (as hyper's adaptive read strategy does), up to MAX_READ_SIZE.
+                Ok(n) if n == spare && self.read_size < MAX_READ_SIZE => self.read_size *= 2,
                 Ok(0) => {
                     self.stream = None;
                     return match self.decoder.eof() {
