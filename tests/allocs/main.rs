@@ -80,7 +80,8 @@ async fn the_gateway_allocates_little_per_request() {
         direct as f64 / REQUESTS as f64,
         proxied as f64 / REQUESTS as f64,
     );
-    // Measured 2026-11-30: 47, then 38 with the cheaper forwarded layer. The bound leaves room
+    // Measured 2026-11-30: 47, then 38 with the cheaper forwarded layer, then 31 with the own
+    // HTTP/1.1 upstream path (and 21.4 KB instead of 25 KB). The bound leaves room
     // for noise (timers, pool bookkeeping), not for new allocations on every request.
     assert!(
         per_request < BOUND,
@@ -89,4 +90,4 @@ async fn the_gateway_allocates_little_per_request() {
 }
 
 /// The most allocations per proxied request this test lets pass.
-const BOUND: f64 = 44.0;
+const BOUND: f64 = 36.0;

@@ -15,6 +15,19 @@
 //! operators update it without a rebuild, and corporate CAs live there. Everything is loaded
 //! once, by `build`; an `http://` upstream loads nothing and keeps a plain TCP connector.
 //!
+//! Two clients carry the requests, behind the same [`Service`](tower::Service):
+//!
+//! | request | client |
+//! |---|---|
+//! | no body (GET, HEAD, DELETE, OPTIONS, `Content-Length: 0`), `http://` upstream, no upgrade | the own HTTP/1.1 path ([`h1`]): `httparse`, strict RFC 9112 framing, a per-thread pool, driven inline by the client connection's task |
+//! | a request body, an upgrade (WebSocket), or an `https://` upstream | hyper-util's pooled client over hyper's HTTP/1.1 |
+//!
+//! The first is the hot path (the UI's API polls, pages, event streams): it costs no
+//! connection task, channel or oneshot per request, and an idle event stream holds no read
+//! buffer. Both give the same answers to the same failures (the table below); the own codec
+//! is fuzzed (`fuzz/fuzz_targets/h1_response.rs`) and tested against hyper on the same bytes
+//! (`tests/differential.rs`).
+//!
 //! ```no_run
 //! use kestra_edge_proxy::ReverseProxyBuilder;
 //!
