@@ -152,11 +152,50 @@ pub(crate) async fn run(
             return;
         }
     };
+    tunnels
+        .splice(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            limits.idle_timeout,
+            limits.max_lifetime,
+        )
+        .await;
+    drop(guard);
+}
+
+impl Tunnels {
+    /// Copies bytes both ways between two open connections with the limits of every tunnel
+    /// (`idle_timeout` without a byte either way, an optional `max_lifetime`, shutdown),
+    /// counted in [`open`](Self::open) while it runs: the hook a forward proxy's `CONNECT`
+    /// tunnels use. A FIN is passed on while the other direction drains; an error closes both.
+    pub async fn splice<A, B>(
+        &self,
+        client: A,
+        upstream: B,
+        idle_timeout: Duration,
+        max_lifetime: Option<Duration>,
+    ) where
+        A: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        let limits = TunnelLimits {
+            idle_timeout,
+            max_lifetime,
+        };
+        pump(client, upstream, limits, self).await;
+    }
+}
+
+async fn pump<A, B>(client: A, upstream: B, limits: TunnelLimits, tunnels: &Tunnels)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let _open = tunnels.opened();
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
-    let mut client = Watched::new(TokioIo::new(client), started, &activity);
-    let mut upstream = Watched::new(TokioIo::new(upstream), started, &activity);
+    let mut client = Watched::new(client, started, &activity);
+    let mut upstream = Watched::new(upstream, started, &activity);
     let mut close = tunnels.inner.close.subscribe();
     let lifetime = async {
         match limits.max_lifetime {
@@ -184,7 +223,6 @@ pub(crate) async fn run(
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "tunnel ended"
     );
-    drop(guard);
 }
 
 /// Resolves once no byte has moved either way for `limit`.
