@@ -1,0 +1,655 @@
+//! The forward-proxy service and its builder.
+
+use crate::{
+    allow::{AllowList, PatternError},
+    body::EgressBody,
+    credentials::{CredentialsError, ProxyCredentials},
+    guard::is_internal,
+    resolve::{Resolve, SystemResolver},
+    target::{classify, Kind, Target},
+};
+use http::{
+    header::{HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION},
+    HeaderValue, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use kestra_edge_headers::{plain_text, remove_hop_by_hop};
+use kestra_edge_upgrade::{Tunnels, DEFAULT_TUNNEL_IDLE_TIMEOUT};
+use std::{
+    convert::Infallible,
+    error::Error as StdError,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tower::Service;
+
+/// Default for [`EgressBuilder::connect_timeout`] (resolution and TCP connect together).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`EgressBuilder::max_tunnels`].
+pub const DEFAULT_MAX_TUNNELS: usize = 1024;
+/// The `407` challenge (RFC 9110 §11.7.1, RFC 7617 §2).
+const CHALLENGE: &str = "Basic realm=\"kestra-edge\"";
+
+/// Settings [`EgressBuilder::build`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EgressError {
+    /// An allow pattern is not `host`, `host:port` or `*.domain`.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    /// The credentials file cannot be read, parsed or watched.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// `max_tunnels` is zero.
+    #[error("the egress tunnel cap must be at least 1")]
+    NoTunnels,
+}
+
+/// Builds an [`Egress`]; every setting is checked once, in [`build`](Self::build).
+#[must_use]
+pub struct EgressBuilder {
+    allow: Vec<String>,
+    credentials_file: Option<PathBuf>,
+    credentials: Option<ProxyCredentials>,
+    allow_private: bool,
+    max_tunnels: usize,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    resolver: Arc<dyn Resolve>,
+    tunnels: Tunnels,
+}
+
+impl std::fmt::Debug for EgressBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressBuilder")
+            .field("allow", &self.allow)
+            .field("allow_private", &self.allow_private)
+            .field("max_tunnels", &self.max_tunnels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EgressBuilder {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            credentials_file: None,
+            credentials: None,
+            allow_private: false,
+            max_tunnels: DEFAULT_MAX_TUNNELS,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            max_lifetime: None,
+            resolver: Arc::new(SystemResolver),
+            tunnels: Tunnels::default(),
+        }
+    }
+}
+
+impl EgressBuilder {
+    /// Allows a destination: `host`, `host:port` or `*.domain` (case-insensitive, on the name
+    /// the client asked for). Repeatable; with none, nothing is allowed.
+    pub fn allow(mut self, pattern: impl Into<String>) -> Self {
+        self.allow.push(pattern.into());
+        self
+    }
+
+    /// Requires `Proxy-Authorization: Basic` of a `user:password` line of this file, read
+    /// again whenever it changes. Without credentials, no authentication is asked for.
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.credentials_file = Some(path.into());
+        self
+    }
+
+    /// Requires these users (already loaded; watching is the caller's choice).
+    pub fn credentials(mut self, credentials: ProxyCredentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Lets destinations that resolve to loopback, private, link-local, unique-local, CGNAT
+    /// or metadata addresses through (default: refused with `403`).
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        self
+    }
+
+    /// At most this many tunnels at once (default 1024); more get `503`.
+    pub fn max_tunnels(mut self, max: usize) -> Self {
+        self.max_tunnels = max;
+        self
+    }
+
+    /// The longest resolution plus TCP connect to a destination may take (default 10 s);
+    /// then `504`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Closes a tunnel after this long without a byte either way (default 600 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Closes every tunnel after this long (default: no cap).
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Resolves names with `resolver` instead of the system's.
+    pub fn resolver(mut self, resolver: impl Resolve) -> Self {
+        self.resolver = Arc::new(resolver);
+        self
+    }
+
+    /// Counts tunnels in (and closes them with) this registry, for example the one the
+    /// reverse proxy's graceful shutdown drains.
+    pub fn tunnels(mut self, tunnels: Tunnels) -> Self {
+        self.tunnels = tunnels;
+        self
+    }
+
+    /// Checks the settings, reads the credentials file and starts watching it.
+    pub fn build(self) -> Result<Egress, EgressError> {
+        if self.max_tunnels == 0 {
+            return Err(EgressError::NoTunnels);
+        }
+        let allow = AllowList::new(&self.allow)?;
+        let credentials = match (self.credentials, self.credentials_file) {
+            (Some(credentials), _) => Some(credentials),
+            (None, Some(path)) => {
+                let credentials = ProxyCredentials::load(path)?;
+                credentials.watch()?;
+                Some(credentials)
+            }
+            (None, None) => None,
+        };
+        if allow.is_empty() {
+            tracing::warn!("egress proxy with no allowed destination: every request gets 403");
+        }
+        Ok(Egress {
+            inner: Arc::new(Inner {
+                allow,
+                credentials,
+                allow_private: self.allow_private,
+                slots: Arc::new(Semaphore::new(self.max_tunnels)),
+                connect_timeout: self.connect_timeout,
+                idle_timeout: self.idle_timeout,
+                max_lifetime: self.max_lifetime,
+                resolver: self.resolver,
+                tunnels: self.tunnels,
+                challenge: HeaderValue::from_static(CHALLENGE),
+            }),
+        })
+    }
+}
+
+/// The forward proxy: a Tower service answering `CONNECT host:port` with a tunnel and
+/// absolute-form `http://` requests by forwarding them; see the [crate docs](crate).
+#[derive(Clone)]
+pub struct Egress {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    allow: AllowList,
+    credentials: Option<ProxyCredentials>,
+    allow_private: bool,
+    slots: Arc<Semaphore>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    resolver: Arc<dyn Resolve>,
+    tunnels: Tunnels,
+    challenge: HeaderValue,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("allow", &self.inner.allow)
+            .field("allow_private", &self.inner.allow_private)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Egress {
+    /// A builder with the defaults: nothing allowed, no authentication, private addresses
+    /// refused.
+    pub fn builder() -> EgressBuilder {
+        EgressBuilder::default()
+    }
+
+    /// The users, when a credentials file was given (for a reload on SIGHUP).
+    pub fn credentials(&self) -> Option<&ProxyCredentials> {
+        self.inner.credentials.as_ref()
+    }
+
+    /// The tunnel registry (how many are open; closing them at shutdown).
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.inner.tunnels
+    }
+}
+
+/// The future of [`Egress`]: every request resolves and dials, so one box per request is
+/// small beside that.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<EgressBody>, Infallible>> + Send>>;
+
+impl<B> Service<Request<B>> for Egress
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Response = Response<EgressBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> ResponseFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.handle(request).await) })
+    }
+}
+
+/// Why a destination was not reached, as the client's answer.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    NotAllowed,
+    Internal,
+    Unresolvable,
+    Unreachable,
+    Timeout,
+    Busy,
+}
+
+impl Refusal {
+    fn response(self) -> Response<EgressBody> {
+        let (status, text) = match self {
+            Self::NotAllowed => (StatusCode::FORBIDDEN, "destination not allowed\n"),
+            Self::Internal => (StatusCode::FORBIDDEN, "destination address not allowed\n"),
+            Self::Unresolvable => (StatusCode::BAD_GATEWAY, "destination cannot be resolved\n"),
+            Self::Unreachable => (StatusCode::BAD_GATEWAY, "destination unreachable\n"),
+            Self::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "destination too slow to connect\n",
+            ),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "too many tunnels\n"),
+        };
+        plain_text(status, text)
+    }
+}
+
+impl Inner {
+    async fn handle<B>(&self, mut request: Request<B>) -> Response<EgressBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        if let Some(credentials) = &self.credentials {
+            if !credentials.check(request.headers().get(PROXY_AUTHORIZATION)) {
+                tracing::debug!("egress: proxy authentication missing or wrong");
+                let mut response = plain_text(
+                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    "proxy authentication required\n",
+                );
+                response
+                    .headers_mut()
+                    .insert(PROXY_AUTHENTICATE, self.challenge.clone());
+                return response;
+            }
+        }
+        let Some(kind) = classify(request.method(), request.uri()) else {
+            return plain_text(StatusCode::BAD_REQUEST, "malformed request-target\n");
+        };
+        match kind {
+            Kind::Tunnel(target) => {
+                if !self.allow.allows(&target) {
+                    tracing::debug!(host = %target.host, port = target.port, "egress: not allowed");
+                    return Refusal::NotAllowed.response();
+                }
+                let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                    tracing::warn!("egress: tunnel cap reached");
+                    return Refusal::Busy.response();
+                };
+                let stream = match self.dial(&target).await {
+                    Ok(stream) => stream,
+                    Err(refusal) => return refusal.response(),
+                };
+                let upgrade = hyper::upgrade::on(&mut request);
+                self.tunnel(target, upgrade, stream, permit);
+                Response::new(EgressBody::empty())
+            }
+            Kind::Forward(target, origin) => {
+                if !self.allow.allows(&target) {
+                    tracing::debug!(host = %target.host, port = target.port, "egress: not allowed");
+                    return Refusal::NotAllowed.response();
+                }
+                let stream = match self.dial(&target).await {
+                    Ok(stream) => stream,
+                    Err(refusal) => return refusal.response(),
+                };
+                forward(request, origin, stream).await
+            }
+        }
+    }
+
+    /// Resolves once, drops internal addresses (unless allowed), and dials only what was
+    /// checked, within the connect timeout.
+    async fn dial(&self, target: &Target) -> Result<TcpStream, Refusal> {
+        let attempt = async {
+            let addrs = match target.ip {
+                Some(ip) => vec![SocketAddr::new(ip, target.port)],
+                None => match self.resolver.resolve(&target.host, target.port).await {
+                    Ok(addrs) if !addrs.is_empty() => addrs,
+                    Ok(_) => return Err(Refusal::Unresolvable),
+                    Err(err) => {
+                        tracing::debug!(host = %target.host, error = %err, "egress: cannot resolve");
+                        return Err(Refusal::Unresolvable);
+                    }
+                },
+            };
+            let checked: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|addr| self.allow_private || !is_internal(addr.ip()))
+                .collect();
+            if checked.is_empty() {
+                tracing::debug!(host = %target.host, "egress: resolves to internal addresses only");
+                return Err(Refusal::Internal);
+            }
+            for addr in checked {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        if let Err(err) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %err, "TCP_NODELAY not set");
+                        }
+                        return Ok(stream);
+                    }
+                    Err(err) => {
+                        tracing::debug!(host = %target.host, %addr, error = %err, "egress: connect failed");
+                    }
+                }
+            }
+            Err(Refusal::Unreachable)
+        };
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Refusal::Timeout),
+        }
+    }
+
+    /// Splices the client's upgraded connection with the destination once the `200` is sent.
+    fn tunnel(
+        &self,
+        target: Target,
+        upgrade: hyper::upgrade::OnUpgrade,
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let tunnels = self.tunnels.clone();
+        let (idle, lifetime) = (self.idle_timeout, self.max_lifetime);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(client) => {
+                    tracing::debug!(host = %target.host, port = target.port, "egress tunnel open");
+                    tunnels
+                        .splice(TokioIo::new(client), stream, idle, lifetime)
+                        .await;
+                }
+                Err(err) => tracing::debug!(error = %err, "egress: CONNECT not upgraded"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Sends an absolute-form request on as origin-form over `stream`, streamed both ways, with
+/// hop-by-hop fields (`Proxy-Authorization` among them) removed and `Host` set from the
+/// request-target (RFC 9112 §3.2.2: a proxy replaces a received Host with the target's
+/// authority).
+async fn forward<B>(
+    request: Request<B>,
+    origin: http::Uri,
+    stream: TcpStream,
+) -> Response<EgressBody>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let (mut parts, body) = request.into_parts();
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    remove_hop_by_hop(&mut parts.headers);
+    if let Some(host) = host {
+        parts.headers.insert(HOST, host);
+    }
+    parts.uri = origin;
+    parts.version = http::Version::HTTP_11;
+    let request = Request::from_parts(parts, body);
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(error = %err, "egress: handshake failed");
+                return Refusal::Unreachable.response();
+            }
+        };
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "egress: destination connection ended");
+        }
+    });
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, EgressBody::destination(body))
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "egress: destination failed");
+            Refusal::Unreachable.response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::resolve::Resolving;
+    use http_body_util::Empty;
+    use std::{
+        io,
+        net::IpAddr,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+    use tower::ServiceExt;
+
+    /// Answers `ips` for every name, counting the calls.
+    #[derive(Clone)]
+    struct Fixed {
+        ips: Vec<IpAddr>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Resolve for Fixed {
+        fn resolve<'a>(&'a self, _host: &'a str, port: u16) -> Resolving<'a> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let addrs = self
+                .ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect();
+            Box::pin(async move {
+                if self.ips.is_empty() {
+                    Err(io::Error::other("NXDOMAIN"))
+                } else {
+                    Ok(addrs)
+                }
+            })
+        }
+    }
+
+    fn resolver(ips: &[&str]) -> (Fixed, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        (
+            Fixed {
+                ips,
+                calls: calls.clone(),
+            },
+            calls,
+        )
+    }
+
+    async fn status(
+        egress: &Egress,
+        method: &str,
+        target: &str,
+        auth: Option<&str>,
+    ) -> Response<EgressBody> {
+        let mut request = Request::builder().method(method).uri(target);
+        if let Some(auth) = auth {
+            request = request.header(PROXY_AUTHORIZATION, auth);
+        }
+        egress
+            .clone()
+            .oneshot(request.body(Empty::<bytes::Bytes>::new()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_are_answers_and_no_connection_is_made() {
+        let (fixed, calls) = resolver(&["10.0.0.7"]);
+        let egress = Egress::builder()
+            .allow("api.kestra.io")
+            .allow("*.internal.test")
+            .resolver(fixed)
+            .build()
+            .unwrap();
+        let cases = [
+            ("CONNECT", "other.example:443", StatusCode::FORBIDDEN),
+            ("GET", "http://other.example/", StatusCode::FORBIDDEN),
+            ("GET", "/origin-form", StatusCode::BAD_REQUEST),
+            ("GET", "https://api.kestra.io/", StatusCode::BAD_REQUEST),
+            ("CONNECT", "api.kestra.io", StatusCode::BAD_REQUEST),
+        ];
+        for (method, target, expected) in cases {
+            let response = status(&egress, method, target, None).await;
+            assert_eq!(response.status(), expected, "{method} {target}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "a refused name was resolved"
+        );
+
+        // Allowed by name, but it resolves to a private address.
+        let response = status(&egress, "CONNECT", "db.internal.test:5432", None).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // An allowed IP literal in a private range, and the metadata address.
+        let egress = Egress::builder()
+            .allow("127.0.0.1")
+            .allow("169.254.169.254")
+            .allow("[fd00:ec2::254]")
+            .build()
+            .unwrap();
+        for target in ["127.0.0.1:22", "169.254.169.254:80", "[fd00:ec2::254]:80"] {
+            let response = status(&egress, "CONNECT", target, None).await;
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "{target}");
+        }
+        let response = status(
+            &egress,
+            "GET",
+            "http://169.254.169.254/latest/meta-data/",
+            None,
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_name_is_502() {
+        let (fixed, _) = resolver(&[]);
+        let egress = Egress::builder()
+            .allow("api.kestra.io")
+            .resolver(fixed)
+            .build()
+            .unwrap();
+        let response = status(&egress, "CONNECT", "api.kestra.io:443", None).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn missing_or_wrong_credentials_get_407_with_the_challenge() {
+        let dir =
+            std::env::temp_dir().join(format!("kestra-edge-egress-svc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("users");
+        std::fs::write(&file, "kestra:pw\n").unwrap();
+        let egress = Egress::builder()
+            .credentials(ProxyCredentials::load(&file).unwrap())
+            .build()
+            .unwrap();
+        // base64("kestra:bad") and nothing: 407 before anything else, even a bad target.
+        for auth in [None, Some("Basic a2VzdHJhOmJhZA=="), Some("Bearer x")] {
+            let response = status(&egress, "CONNECT", "api.kestra.io:443", auth).await;
+            assert_eq!(response.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+            assert_eq!(response.headers()[PROXY_AUTHENTICATE], CHALLENGE);
+            let response = status(&egress, "GET", "/", auth).await;
+            assert_eq!(response.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        }
+        // base64("kestra:pw"): past authentication, then refused by the (empty) allow-list.
+        let response = status(
+            &egress,
+            "CONNECT",
+            "api.kestra.io:443",
+            Some("Basic a2VzdHJhOnB3"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn settings_are_checked_once() {
+        assert!(matches!(
+            Egress::builder().max_tunnels(0).build(),
+            Err(EgressError::NoTunnels)
+        ));
+        assert!(matches!(
+            Egress::builder().allow("a b").build(),
+            Err(EgressError::Pattern(_))
+        ));
+        assert!(matches!(
+            Egress::builder()
+                .credentials_file("/nonexistent/kestra-edge/users")
+                .build(),
+            Err(EgressError::Credentials(_))
+        ));
+    }
+}
