@@ -110,6 +110,7 @@ use tower::{util::Either, Layer, Service};
 pub use kestra_edge_auth as auth;
 pub use kestra_edge_auth::ForwardAuthLayer;
 pub use kestra_edge_balance as balance;
+pub use kestra_edge_egress as egress;
 pub use kestra_edge_forwarded as forwarded;
 pub use kestra_edge_forwarded::ForwardedHeaders;
 pub use kestra_edge_prefix as prefix;
