@@ -16,20 +16,21 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        metrics: Option<Arc<Inner>>,
-        method: usize,
-        started: Instant,
+        counting: Option<Counting>,
     }
 }
 
+/// What a counted request needs when its head arrives.
+pub(crate) struct Counting {
+    pub(crate) metrics: Arc<Inner>,
+    pub(crate) method: usize,
+    pub(crate) started: Instant,
+}
+
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, metrics: Arc<Inner>, method: usize, started: Instant) -> Self {
-        Self {
-            inner,
-            metrics: Some(metrics),
-            method,
-            started,
-        }
+    /// `counting` is `None` when the layer is off (or the head was counted).
+    pub(crate) fn new(inner: F, counting: Option<Counting>) -> Self {
+        Self { inner, counting }
     }
 }
 
@@ -42,13 +43,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let seconds = this.started.elapsed().as_secs_f64();
-        let Some(metrics) = this.metrics.take() else {
-            // Polled again after it completed: nothing more to count.
+        let Some(Counting {
+            metrics,
+            method,
+            started,
+        }) = this.counting.take()
+        else {
             return Poll::Ready(Ok(response.map(TelemetryBody::plain)));
         };
+        let seconds = started.elapsed().as_secs_f64();
         let stream = metrics.record_head(
-            *this.method,
+            method,
             response.status(),
             response.headers(),
             response.extensions().get::<UpstreamFailure>(),

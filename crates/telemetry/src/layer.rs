@@ -1,6 +1,10 @@
 //! The layer and its service.
 
-use crate::{future::ResponseFuture, registry::method_index, Metrics};
+use crate::{
+    future::{Counting, ResponseFuture},
+    registry::method_index,
+    Metrics,
+};
 use http::Request;
 use std::{
     task::{Context, Poll},
@@ -12,13 +16,21 @@ use tower::{Layer, Service};
 /// every answer, the gateway's own included, is seen.
 #[derive(Debug, Clone)]
 pub struct TelemetryLayer {
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 impl TelemetryLayer {
     /// A layer counting into `metrics`.
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self {
+            metrics: Some(metrics),
+        }
+    }
+
+    /// A layer that counts nothing: its service only passes requests and bodies through,
+    /// without reading the clock.
+    pub fn disabled() -> Self {
+        Self { metrics: None }
     }
 }
 
@@ -37,7 +49,7 @@ impl<S> Layer<S> for TelemetryLayer {
 #[derive(Debug, Clone)]
 pub struct Telemetry<S> {
     inner: S,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 impl<S> Telemetry<S> {
@@ -61,14 +73,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let method = method_index(req.method());
-        let started = Instant::now();
-        ResponseFuture::new(
-            self.inner.call(req),
-            self.metrics.inner.clone(),
-            method,
-            started,
-        )
+        let counting = self.metrics.as_ref().map(|metrics| Counting {
+            metrics: metrics.inner.clone(),
+            method: method_index(req.method()),
+            started: Instant::now(),
+        });
+        ResponseFuture::new(self.inner.call(req), counting)
     }
 }
 

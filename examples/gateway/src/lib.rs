@@ -13,6 +13,7 @@ use kestra_edge::{
     KestraEdge,
 };
 use kestra_edge_standin::{Standin, StandinConfig};
+use kestra_edge_telemetry::{Admin, Metrics, Telemetry, TelemetryLayer, UpstreamView};
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tower::Layer;
 use tower_http::compression::{
@@ -31,9 +32,11 @@ impl Predicate for CompressionSwitch {
 }
 
 /// What the gateway serves: the kestra-edge stack, behind optional compression (whose
-/// default predicate never compresses `text/event-stream`).
-pub type GatewayService =
-    Compression<KestraEdge<hyper::body::Incoming>, And<CompressionSwitch, DefaultPredicate>>;
+/// default predicate never compresses `text/event-stream`), counted by the telemetry layer
+/// (off without `--admin-listen`).
+pub type GatewayService = Telemetry<
+    Compression<KestraEdge<hyper::body::Incoming>, And<CompressionSwitch, DefaultPredicate>>,
+>;
 
 /// The main listener: plain HTTP (HTTP/1.1 and h2c), or TLS.
 #[derive(Debug)]
@@ -67,7 +70,20 @@ pub struct Gateway {
     standin: Option<Standin>,
     /// Forward auth and Kestra's credentials (shared with every worker's stack).
     auth: kestra_edge::ForwardAuthLayer,
+    /// The `--admin-listen` listener and what it serves.
+    admin: Option<AdminListener>,
 }
+
+/// The admin listener: metrics and health, on an address of its own.
+#[derive(Debug)]
+struct AdminListener {
+    server: Server,
+    admin: Admin,
+    metrics: Metrics,
+}
+
+/// How often the histograms' recent observations are moved into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,14 +122,30 @@ impl Gateway {
         // Clones of one builder share the tunnel count, so one drain closes them all; with
         // several replicas, one balancer (resolved and probed here, before the listener is
         // bound) serves every worker.
-        let services: Vec<GatewayService> = edge
+        let edges = edge
             .build_per_worker(workers.get())
             .await
-            .map_err(ConfigError::from)?
+            .map_err(ConfigError::from)?;
+        let tunnels = edges[0].tunnels().clone();
+        let admin = match config.telemetry.admin_listen {
+            Some(addr) => {
+                let metrics = metrics_for(&config, &edges[0]);
+                metrics.tunnels(tunnels.clone());
+                Some(AdminListener {
+                    server: Server::bind(addr).await?,
+                    admin: Admin::new(metrics.clone()),
+                    metrics,
+                })
+            }
+            None => None,
+        };
+        let telemetry = admin.as_ref().map_or_else(TelemetryLayer::disabled, |a| {
+            TelemetryLayer::new(a.metrics.clone())
+        });
+        let services: Vec<GatewayService> = edges
             .into_iter()
-            .map(|edge| compression.layer(edge))
+            .map(|edge| telemetry.layer(compression.layer(edge)))
             .collect();
-        let tunnels = services[0].get_ref().tunnels().clone();
 
         let mut tls = TlsState::default();
         let store = match cert_source {
@@ -167,7 +199,15 @@ impl Gateway {
             tls,
             standin,
             auth,
+            admin,
         })
+    }
+
+    /// The address of the `--admin-listen` listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.server.local_addr().ok())
     }
 
     /// Kestra's credentials (for SIGHUP), when `--kestra-credentials-file` is given.
@@ -222,12 +262,14 @@ impl Gateway {
     /// The first worker's stack (a cheap clone): its [`replicas`](KestraEdge::replicas)
     /// stay live while the gateway serves.
     pub fn edge(&self) -> Option<KestraEdge<hyper::body::Incoming>> {
-        self.services.first().map(|s| s.get_ref().clone())
+        self.services.first().map(|s| s.get_ref().get_ref().clone())
     }
 
     /// The replicas and their state, when the gateway balances over several.
     pub fn replicas(&self) -> Option<Vec<kestra_edge::balance::ReplicaState>> {
-        self.services.first().and_then(|s| s.get_ref().replicas())
+        self.services
+            .first()
+            .and_then(|s| s.get_ref().get_ref().replicas())
     }
 
     /// The open upgrade tunnels.
@@ -245,13 +287,40 @@ impl Gateway {
             shutdown_grace,
             tls,
             standin,
+            admin,
             ..
         } = self;
         let (began, began_rx) = tokio::sync::watch::channel(None);
+        let readiness = admin.as_ref().map(|a| a.admin.readiness().clone());
         let shutdown = async move {
             shutdown.await;
+            // /readyz answers 503 from the first moment of the drain.
+            if let Some(readiness) = readiness {
+                readiness.drain();
+            }
             let _ = began.send(Some(tokio::time::Instant::now()));
         };
+        // The admin listener outlives the drain, so that probes see it, and stops after.
+        let (served, served_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin = admin.map(
+            |AdminListener {
+                 server,
+                 admin,
+                 metrics,
+             }| {
+                let upkeep = tokio::spawn(async move {
+                    let mut every = tokio::time::interval(METRICS_UPKEEP);
+                    loop {
+                        every.tick().await;
+                        metrics.run_upkeep();
+                    }
+                });
+                let served = tokio::spawn(server.serve(admin, async move {
+                    let _ = served_rx.await;
+                }));
+                (served, upkeep)
+            },
+        );
         let redirect = tls.redirect.map(|server| {
             let mut began = began_rx.clone();
             tokio::spawn(
@@ -277,6 +346,15 @@ impl Gateway {
             Listener::Plain(server) => serve_on(server, &services, shutdown, drain).await,
             Listener::Tls(server) => serve_on(server, &services, shutdown, drain).await,
         };
+        drop(served);
+        if let Some((served, upkeep)) = admin {
+            upkeep.abort();
+            match served.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "admin listener failed"),
+                Err(err) => tracing::warn!(error = %err, "admin listener panicked"),
+            }
+        }
         if let Some(redirect) = redirect {
             match redirect.await {
                 Ok(Ok(())) => {}
@@ -297,6 +375,29 @@ async fn serve_on<T: Transport>(
     drain: impl Future<Output = ()>,
 ) -> io::Result<()> {
     server.serve(|i| services[i].clone(), shutdown, drain).await
+}
+
+/// The metrics of a gateway serving `edge`: one upstream's last outcome, or the replicas'
+/// health checks read when scraped.
+fn metrics_for(config: &GatewayConfig, edge: &KestraEdge<hyper::body::Incoming>) -> Metrics {
+    let upstream = &config.upstream;
+    if edge.replicas().is_none() {
+        return Metrics::new(UpstreamView::single(upstream.url.clone()));
+    }
+    let label = std::iter::once(&upstream.url)
+        .chain(&upstream.more)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    let edge = std::sync::Mutex::new(edge.clone());
+    Metrics::new(UpstreamView::replicas(label, move || {
+        let replicas = edge.lock().ok().and_then(|edge| edge.replicas());
+        replicas
+            .unwrap_or_default()
+            .into_iter()
+            .map(|replica| (replica.address, replica.healthy))
+            .collect()
+    }))
 }
 
 /// The kestra-edge stack for `config`.

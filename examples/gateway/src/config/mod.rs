@@ -14,6 +14,7 @@ mod forwarded;
 mod listener;
 mod prefix;
 mod streams;
+mod telemetry;
 mod tls;
 mod upstream;
 
@@ -23,6 +24,7 @@ pub use forwarded::{ForwardedArgs, ForwardedConfig, ForwardedHeader};
 pub use listener::{ListenerArgs, ListenerConfig};
 pub use prefix::{PrefixArgs, PrefixConfig, PrefixModeArg};
 pub use streams::{StreamsArgs, StreamsConfig};
+pub use telemetry::{TelemetryArgs, TelemetryConfig};
 pub use tls::{CertSource, TlsArgs, TlsConfig};
 pub use upstream::{HostHeader, UpstreamArgs, UpstreamConfig};
 
@@ -61,6 +63,9 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub telemetry: TelemetryArgs,
     /// Start a Kestra stand-in on a free port and front it (ignores --upstream).
     #[arg(long, env = "KESTRA_EDGE_DEMO")]
     pub demo: bool,
@@ -85,6 +90,8 @@ struct FileConfig {
     streams: streams::StreamsFile,
     #[serde(flatten)]
     auth: auth::AuthFile,
+    #[serde(flatten)]
+    telemetry: telemetry::TelemetryFile,
     demo: Option<bool>,
     /// What no concern took: refused, so that a misspelt key is not silently ignored.
     #[serde(flatten)]
@@ -183,6 +190,8 @@ pub struct GatewayConfig {
     pub streams: StreamsConfig,
     /// Forward authentication and Kestra's credentials.
     pub auth: AuthConfig,
+    /// The admin listener (metrics, health).
+    pub telemetry: TelemetryConfig,
     /// See `--demo`.
     pub demo: bool,
 }
@@ -233,6 +242,7 @@ impl GatewayConfig {
             prefix: PrefixConfig::resolve(args.prefix, file.prefix),
             streams: StreamsConfig::resolve(args.streams, file.streams),
             auth: AuthConfig::resolve(args.auth, file.auth),
+            telemetry: TelemetryConfig::resolve(args.telemetry, file.telemetry),
             demo: args.demo || file.demo.unwrap_or(false),
         }
     }
