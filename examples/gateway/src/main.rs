@@ -45,6 +45,9 @@ async fn main() -> ExitCode {
         .map_or_else(|| config.upstream.url.clone(), |s| s.url());
     let scheme = gateway.scheme();
     tracing::info!(listen = %addr, %scheme, %upstream, "kestra-edge ready");
+    if let Some(admin) = gateway.admin_addr() {
+        tracing::info!(listen = %admin, "admin listener: /metrics, /livez, /readyz");
+    }
     if let Some(redirect) = gateway.redirect_addr() {
         tracing::info!(listen = %redirect, "redirecting plain HTTP to HTTPS");
     }

@@ -835,3 +835,84 @@ async fn forward_auth_flags_protect_kestra_and_inject_its_credentials() {
     assert_eq!(exit_code(&mut running.child).await, Some(0));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Waits for the `admin listener` log line and returns its address.
+async fn admin_addr(running: &mut Running) -> SocketAddr {
+    tokio::time::timeout(LIMIT, async {
+        while let Some(line) = running.stderr.recv().await {
+            if line.contains("admin listener") {
+                let rest = line.split("listen=").nth(1).unwrap();
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("kestra-edge exited before it logged its admin listener");
+    })
+    .await
+    .expect("the admin listener is logged")
+}
+
+#[tokio::test]
+async fn admin_listen_serves_metrics_and_readyz_turns_503_on_sigterm() {
+    let mut running = spawn(
+        &[
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "5s",
+        ],
+        &[("KESTRA_EDGE_ADMIN_LISTEN", "127.0.0.1:0")],
+    )
+    .await;
+    let admin = admin_addr(&mut running).await;
+    let base = format!("http://{}", running.addr);
+    let ping = client().get(format!("{base}/kestra/ping")).send().await;
+    assert_eq!(ping.unwrap().status(), 200);
+    let metrics = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("kestra_edge_http_requests_total{method=\"GET\",status=\"200\"} 1"),
+        "{text}"
+    );
+    let readyz = || async {
+        let response = client()
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(readyz().await, (200, "ready\n".to_owned()));
+
+    // A stream keeps the drain going; /readyz says so from the signal on.
+    let response = client()
+        .get(format!(
+            "{base}/kestra/api/v1/main/executions/e/follow?events=0&interval_ms=50"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    assert!(body.next().await.unwrap().is_ok());
+    sigterm(&running.child);
+    let drained = tokio::time::timeout(LIMIT, async {
+        loop {
+            if readyz().await == (503, "draining\n".to_owned()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "/readyz did not turn 503 after SIGTERM");
+    drop(body);
+    assert_eq!(exit_code(&mut running.child).await, Some(0));
+}
