@@ -3,6 +3,11 @@
 //! [`Gateway`] in-process.
 
 pub mod config;
+mod egress;
+
+#[cfg(unix)]
+pub use egress::reload_on_sighup as reload_egress_on_sighup;
+pub use egress::EgressListener;
 
 pub use config::{
     Args, CertSource, ConfigError, ForwardedHeader, GatewayConfig, HostHeader, PrefixModeArg,

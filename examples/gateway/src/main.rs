@@ -1,7 +1,7 @@
 //! `kestra-edge`: the reverse proxy in front of Kestra. `kestra-edge --help` lists the flags.
 
 use clap::Parser;
-use kestra_edge_gateway::{Args, Gateway, GatewayConfig, GatewayError};
+use kestra_edge_gateway::{Args, EgressListener, Gateway, GatewayConfig, GatewayError};
 use std::{net::SocketAddr, process::ExitCode};
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +21,23 @@ async fn main() -> ExitCode {
             tracing::error!("{err}");
             return ExitCode::from(2);
         }
+    };
+    let egress = match EgressListener::bind(&config).await {
+        Ok(egress) => egress,
+        Err(err) => {
+            tracing::error!("{err}");
+            return exit_code(&err);
+        }
+    };
+    if let Some(egress) = &egress {
+        egress.log_ready();
+        #[cfg(unix)]
+        kestra_edge_gateway::reload_egress_on_sighup(egress.credentials());
+    }
+    let egress = match egress {
+        // --egress-listen without --upstream: the forward proxy alone.
+        Some(egress) if config.egress.alone => return serve_egress_alone(egress).await,
+        egress => egress,
     };
     let gateway = match Gateway::bind(config.clone()).await {
         Ok(gateway) => gateway,
@@ -66,7 +83,51 @@ async fn main() -> ExitCode {
             gateway.self_signed().map(|s| s.fingerprint.as_str()),
         );
     }
-    match gateway.serve(shutdown_signal()).await {
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let egress = egress.map(|egress| tokio::spawn(egress.serve(until_stopped())));
+    let served = gateway.serve(until_stopped()).await;
+    if let Some(egress) = egress {
+        match egress.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "egress listener failed"),
+            Err(err) => tracing::warn!(error = %err, "egress listener panicked"),
+        }
+    }
+    match served {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit 2 for a configuration the user must fix, like clap's own usage errors.
+fn exit_code(err: &GatewayError) -> ExitCode {
+    match err {
+        GatewayError::Config(_) => ExitCode::from(2),
+        GatewayError::Io(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Serves the egress forward proxy alone (no `--upstream`) until SIGINT or SIGTERM.
+async fn serve_egress_alone(egress: EgressListener) -> ExitCode {
+    tracing::info!("no --upstream: serving the egress forward proxy alone");
+    match egress.serve(shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

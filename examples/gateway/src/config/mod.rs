@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
 
 mod auth;
 mod balance;
+mod egress;
 mod forwarded;
 mod listener;
 mod prefix;
@@ -20,6 +21,7 @@ mod upstream;
 
 pub use auth::{AuthArgs, AuthConfig};
 pub use balance::{AffinityMode, BalanceArgs, BalanceConfig, Resolver};
+pub use egress::{EgressArgs, EgressConfig};
 pub use forwarded::{ForwardedArgs, ForwardedConfig, ForwardedHeader};
 pub use listener::{ListenerArgs, ListenerConfig};
 pub use prefix::{PrefixArgs, PrefixConfig, PrefixModeArg};
@@ -65,6 +67,9 @@ pub struct Args {
     pub auth: AuthArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub egress: EgressArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub telemetry: TelemetryArgs,
     /// Start a Kestra stand-in on a free port and front it (ignores --upstream).
     #[arg(long, env = "KESTRA_EDGE_DEMO")]
@@ -90,6 +95,8 @@ struct FileConfig {
     streams: streams::StreamsFile,
     #[serde(flatten)]
     auth: auth::AuthFile,
+    #[serde(flatten)]
+    egress: egress::EgressFile,
     #[serde(flatten)]
     telemetry: telemetry::TelemetryFile,
     demo: Option<bool>,
@@ -169,6 +176,9 @@ pub enum ConfigError {
     /// The forward-auth settings or the Kestra credentials file.
     #[error(transparent)]
     Auth(#[from] kestra_edge::auth::ForwardAuthError),
+    /// The egress forward proxy's settings or credentials file.
+    #[error(transparent)]
+    Egress(#[from] kestra_edge::egress::EgressError),
 }
 
 /// The resolved settings of a gateway, by concern.
@@ -190,6 +200,8 @@ pub struct GatewayConfig {
     pub streams: StreamsConfig,
     /// Forward authentication and Kestra's credentials.
     pub auth: AuthConfig,
+    /// The forward proxy for Kestra's outbound calls.
+    pub egress: EgressConfig,
     /// The admin listener (metrics, health).
     pub telemetry: TelemetryConfig,
     /// See `--demo`.
@@ -233,6 +245,9 @@ impl GatewayConfig {
     }
 
     fn resolve(args: Args, file: FileConfig) -> Self {
+        let demo = args.demo || file.demo.unwrap_or(false);
+        let upstream_given =
+            demo || !args.upstream.upstream.is_empty() || file.upstream.names_upstream();
         Self {
             listener: ListenerConfig::resolve(args.listener, file.listener),
             tls: TlsConfig::resolve(args.tls, file.tls),
@@ -242,8 +257,9 @@ impl GatewayConfig {
             prefix: PrefixConfig::resolve(args.prefix, file.prefix),
             streams: StreamsConfig::resolve(args.streams, file.streams),
             auth: AuthConfig::resolve(args.auth, file.auth),
+            egress: EgressConfig::resolve(args.egress, file.egress, upstream_given),
             telemetry: TelemetryConfig::resolve(args.telemetry, file.telemetry),
-            demo: args.demo || file.demo.unwrap_or(false),
+            demo,
         }
     }
 

@@ -120,6 +120,14 @@ pub struct UpstreamConfig {
     pub host_header: HostHeader,
 }
 
+impl UpstreamFile {
+    /// Whether the file names an upstream (then the reverse proxy runs beside the egress
+    /// proxy).
+    pub(super) fn names_upstream(&self) -> bool {
+        self.upstream.is_some()
+    }
+}
+
 impl UpstreamConfig {
     pub(super) fn resolve(args: UpstreamArgs, file: UpstreamFile) -> Self {
         let mut urls = match (args.upstream, file.upstream) {

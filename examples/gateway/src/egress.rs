@@ -1,0 +1,130 @@
+//! The egress forward proxy's own listener, beside the reverse proxy or alone.
+
+use crate::{ConfigError, GatewayConfig, GatewayError};
+use kestra_edge::{
+    egress::{Egress, ProxyCredentials},
+    server::Server,
+    Tunnels,
+};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// The `--egress-listen` listener and the forward proxy it serves.
+#[derive(Debug)]
+pub struct EgressListener {
+    server: Server,
+    egress: Egress,
+    shutdown_grace: Duration,
+    allowed: usize,
+}
+
+impl EgressListener {
+    /// Builds the forward proxy (reading and watching its credentials file) and binds
+    /// `--egress-listen`; `None` without it. The listener's header limits and shutdown grace
+    /// are the main listener's.
+    pub async fn bind(config: &GatewayConfig) -> Result<Option<Self>, GatewayError> {
+        let Some(addr) = config.egress.listen else {
+            return Ok(None);
+        };
+        let egress = config
+            .egress
+            .build(&config.streams, &config.upstream)
+            .map_err(ConfigError::from)?;
+        let listen = &config.listener;
+        let server = Server::bind(addr)
+            .await?
+            .header_read_timeout(listen.header_timeout)
+            .max_header_bytes(listen.max_header_bytes)
+            .max_headers(listen.max_headers)
+            .shutdown_grace(listen.shutdown_grace);
+        Ok(Some(Self {
+            server,
+            egress,
+            shutdown_grace: listen.shutdown_grace,
+            allowed: config.egress.allow.len(),
+        }))
+    }
+
+    /// The address the forward proxy listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The proxy's users (for SIGHUP), when `--egress-credentials-file` is given.
+    pub fn credentials(&self) -> Option<ProxyCredentials> {
+        self.egress.credentials().cloned()
+    }
+
+    /// The open `CONNECT` tunnels.
+    pub fn tunnels(&self) -> &Tunnels {
+        self.egress.tunnels()
+    }
+
+    /// Logs where the forward proxy listens and what it lets through (never the users).
+    pub fn log_ready(&self) {
+        match self.local_addr() {
+            Ok(addr) => tracing::info!(
+                listen = %addr,
+                allow_patterns = self.allowed,
+                authentication = self.egress.credentials().is_some(),
+                "egress forward proxy ready"
+            ),
+            Err(err) => tracing::warn!(error = %err, "egress listener has no address"),
+        }
+    }
+
+    /// Serves until `shutdown` resolves; then in-flight requests and tunnels get the
+    /// shutdown grace, and what is left is closed.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let began = Arc::new(OnceLock::new());
+        let marked = began.clone();
+        let tunnels = self.egress.tunnels().clone();
+        let result = self
+            .server
+            .serve(self.egress, async move {
+                shutdown.await;
+                let _ = marked.set(Instant::now());
+            })
+            .await;
+        let began = began.get().copied().unwrap_or_else(Instant::now);
+        tunnels.drain(began + self.shutdown_grace).await;
+        result
+    }
+}
+
+/// Reads the proxy's credentials file again on each SIGHUP (it is also watched on disk).
+#[cfg(unix)]
+pub fn reload_on_sighup(credentials: Option<ProxyCredentials>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(credentials) = credentials else {
+        return;
+    };
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match credentials.reload() {
+                Ok(()) => tracing::info!(
+                    path = %credentials.path().display(),
+                    trigger = "SIGHUP",
+                    "egress credentials reloaded"
+                ),
+                Err(err) => tracing::error!(
+                    trigger = "SIGHUP",
+                    "refused the new egress credentials, still using the last good ones: {err}"
+                ),
+            }
+        }
+    });
+}
