@@ -592,6 +592,32 @@ mod tests {
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
 
+    /// Never answers.
+    struct Silent;
+
+    impl Resolve for Silent {
+        fn resolve<'a>(&'a self, _host: &'a str, _port: u16) -> Resolving<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resolution_and_connect_beyond_the_connect_timeout_is_504() {
+        let egress = Egress::builder()
+            .allow("api.kestra.io")
+            .resolver(Silent)
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        for (method, target) in [
+            ("CONNECT", "api.kestra.io:443"),
+            ("GET", "http://api.kestra.io/"),
+        ] {
+            let response = status(&egress, method, target, None).await;
+            assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{method}");
+        }
+    }
+
     #[tokio::test]
     async fn an_unresolvable_name_is_502() {
         let (fixed, _) = resolver(&[]);
