@@ -38,6 +38,8 @@ struct Shard {
 struct Idle {
     stream: TcpStream,
     since: Instant,
+    /// The read size the connection's last body grew to, kept for its next one.
+    read_size: usize,
 }
 
 thread_local! {
@@ -84,7 +86,7 @@ impl Pool {
     /// A connection the upstream closed while idle has a pending end of file: the reactor
     /// marked it readable, so the check reads it (one system call) and drops it. A quiet one
     /// costs no system call at all.
-    pub(crate) fn take(&self) -> Option<TcpStream> {
+    pub(crate) fn take(&self) -> Option<(TcpStream, usize)> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
@@ -100,7 +102,7 @@ impl Pool {
                     break None;
                 }
                 if quiet(&idle.stream) {
-                    break Some(idle.stream);
+                    break Some((idle.stream, idle.read_size));
                 }
                 stale.push(idle);
             }
@@ -110,8 +112,8 @@ impl Pool {
         found
     }
 
-    /// Keeps `stream` for the next request.
-    pub(crate) fn put(self: &Arc<Self>, stream: TcpStream) {
+    /// Keeps `stream` for the next request, with the read size its last body grew to.
+    pub(crate) fn put(self: &Arc<Self>, stream: TcpStream, read_size: usize) {
         if self.max_idle == 0 {
             return;
         }
@@ -126,6 +128,7 @@ impl Pool {
             shard.idle.push_back(Idle {
                 stream,
                 since: Instant::now(),
+                read_size,
             });
             let reap = !shard.reaping;
             shard.reaping = true;
@@ -209,16 +212,16 @@ mod tests {
         let (a, a_server) = pair(&listener).await;
         let (b, mut b_server) = pair(&listener).await;
         let (a_port, b_port) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-        pool.put(a);
-        pool.put(b);
+        pool.put(a, 8192);
+        pool.put(b, 65536);
         // The upstream closes b: it is dropped, and a, older but open, is taken.
         b_server.shutdown().await.unwrap();
         drop(b_server);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let taken = pool.take().unwrap();
+        let (taken, read_size) = pool.take().unwrap();
         assert_eq!(
-            taken.local_addr().unwrap(),
-            a_port,
+            (taken.local_addr().unwrap(), read_size),
+            (a_port, 8192),
             "b was closed: {b_port}"
         );
         drop(a_server);
@@ -230,12 +233,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::new(Duration::from_millis(100), 8);
         let (a, _a_server) = pair(&listener).await;
-        pool.put(a);
+        pool.put(a, 8192);
         assert_eq!(pool.idle(), 1);
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(pool.idle(), 0, "the reaper closed it");
         let (b, _b_server) = pair(&listener).await;
-        pool.put(b);
+        pool.put(b, 8192);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.take().is_some(), "not yet expired");
     }
@@ -248,7 +251,7 @@ mod tests {
         for _ in 0..3 {
             let (client, server) = pair(&listener).await;
             servers.push(server);
-            pool.put(client);
+            pool.put(client, 8192);
         }
         assert_eq!(pool.idle(), 2);
     }
