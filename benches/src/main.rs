@@ -213,6 +213,8 @@ fn serve(what: Serve) -> Result<(), BoxError> {
                 let mut config = GatewayConfig::for_upstream(upstream.next().unwrap_or_default());
                 config.upstream.more = upstream.collect();
                 config.listener.shutdown_grace = Duration::ZERO;
+                // The SSE group opens thousands of streams from one loopback client.
+                config.streams.sse_max_streams_per_client = 0;
                 if let Some(workers) = workers {
                     config.listener.workers = workers;
                 }

@@ -369,3 +369,92 @@ async fn without_admin_listen_nothing_is_bound() {
         .unwrap();
     assert_eq!(gateway.admin_addr(), None);
 }
+
+/// Opens a follow stream that never ends, as an `EventSource` would (`Accept:
+/// text/event-stream`), from the client `forwarded_for` (sent as `X-Forwarded-For`).
+async fn follow(gateway: &Admined, forwarded_for: &str) -> reqwest::Response {
+    client()
+        .get(gateway.url("/kestra/api/v1/main/executions/e/follow?events=0&interval_ms=20"))
+        .header("accept", "text/event-stream")
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn streams_over_the_per_client_cap_get_429_and_a_closed_stream_frees_its_slot() {
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let mut config = GatewayConfig::for_upstream(standin.url());
+    config.streams.sse_max_streams_per_client = 2;
+    // The loopback peer is a trusted proxy: the client is who it names.
+    config.forwarded.trusted_proxies = vec!["127.0.0.1".to_owned()];
+    let gateway = Admined::start(config).await;
+    let a = "192.0.2.1";
+    let mut first = follow(&gateway, a).await;
+    let mut second = follow(&gateway, a).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(second.status(), 200);
+    first.chunk().await.unwrap().unwrap();
+    second.chunk().await.unwrap().unwrap();
+    let refused = follow(&gateway, a).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert_eq!(
+        refused.text().await.unwrap(),
+        "too many event streams from this client\n"
+    );
+    // Refused before Kestra: it has the two streams only.
+    assert_eq!(standin.stats().open_streams(), 2);
+    // Another client behind the same proxy has its own slots.
+    let other = follow(&gateway, "192.0.2.2").await;
+    assert_eq!(other.status(), 200);
+    let text = gateway.metrics().await;
+    assert_eq!(
+        sample(
+            &text,
+            "kestra_edge_limit_rejections_total{reason=\"sse_streams_per_client\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "kestra_edge_sse_streams_open"), Some(3.0));
+
+    // The client closes one stream: its slot is free as soon as the gateway sees it go.
+    drop(first);
+    gateway.until("kestra_edge_sse_streams_open", 2.0).await;
+    let again = follow(&gateway, a).await;
+    assert_eq!(again.status(), 200);
+    drop((second, other, again));
+}
+
+#[tokio::test]
+async fn streams_over_the_total_cap_get_503() {
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let mut config = GatewayConfig::for_upstream(standin.url());
+    config.streams.sse_max_streams = Some(1);
+    let gateway = Admined::start(config).await;
+    let mut first = follow(&gateway, "192.0.2.1").await;
+    assert_eq!(first.status(), 200);
+    first.chunk().await.unwrap().unwrap();
+    // Untrusted peer: X-Forwarded-For is ignored, and the total cap holds for anyone.
+    let refused = follow(&gateway, "192.0.2.9").await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert_eq!(
+        gateway
+            .sample("kestra_edge_limit_rejections_total{reason=\"sse_streams\"}")
+            .await,
+        Some(1.0)
+    );
+    // Not mistaken for the balancer's 503.
+    assert_eq!(
+        gateway
+            .sample("kestra_edge_limit_rejections_total{reason=\"no_healthy_upstream\"}")
+            .await,
+        Some(0.0)
+    );
+    drop(first);
+    gateway.until("kestra_edge_sse_streams_open", 0.0).await;
+    let again = follow(&gateway, "192.0.2.9").await;
+    assert_eq!(again.status(), 200);
+}

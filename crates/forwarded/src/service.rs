@@ -104,7 +104,14 @@ pub struct ForwardedLayerBuilder {
     trusted: Vec<String>,
     scheme: Option<String>,
     headers: ForwardedHeaders,
+    client_addr: bool,
 }
+
+/// A request extension: the client's address after the trusted-proxy resolution (the peer,
+/// or what a trusted peer reported), for the layers inside that limit or log per client.
+/// Added only when [`ForwardedLayerBuilder::client_addr_extension`] asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub IpAddr);
 
 impl ForwardedLayerBuilder {
     /// Trusts the proxies in `cidr` (`10.0.0.0/8`, `2001:db8::/32`, or one address) to report
@@ -124,6 +131,13 @@ impl ForwardedLayerBuilder {
     /// Which headers are sent upstream.
     pub fn headers(mut self, headers: ForwardedHeaders) -> Self {
         self.headers = headers;
+        self
+    }
+
+    /// Puts the resolved client on each request as a [`ClientAddr`] extension (off by
+    /// default: it costs an allocation per request).
+    pub fn client_addr_extension(mut self, on: bool) -> Self {
+        self.client_addr = on;
         self
     }
 
@@ -155,6 +169,7 @@ impl ForwardedLayerBuilder {
                 trusted,
                 scheme,
                 headers: self.headers,
+                client_addr: self.client_addr,
                 warned_no_peer: AtomicBool::new(false),
             }),
         })
@@ -205,6 +220,7 @@ struct Config {
     trusted: Vec<IpNet>,
     scheme: Scheme,
     headers: ForwardedHeaders,
+    client_addr: bool,
     warned_no_peer: AtomicBool,
 }
 
@@ -278,7 +294,11 @@ where
         }
         let tls = req.extensions().get::<TlsConnection>().is_some();
         let view = ClientView::resolve(&self.config, req.headers_mut(), peer, host, tls);
+        let client = view.client.filter(|_| self.config.client_addr);
         view.write(&self.config.headers, req.headers_mut());
+        if let Some(client) = client {
+            req.extensions_mut().insert(ClientAddr(client));
+        }
         Either::Left(self.inner.call(req))
     }
 }
@@ -650,6 +670,50 @@ mod tests {
         let value = values.next().map(|v| v.to_str().unwrap());
         assert!(values.next().is_none(), "{name} sent twice");
         value
+    }
+
+    /// The `ClientAddr` extension the inner service sees, for a request from `peer`.
+    async fn client_addr(layer: &ForwardedLayer, peer: &str, xff: &str) -> Option<ClientAddr> {
+        let seen = Arc::new(Mutex::new(None));
+        let recorder = seen.clone();
+        let upstream = service_fn(move |req: Request<()>| {
+            *recorder.lock().unwrap() = req.extensions().get::<ClientAddr>().copied();
+            async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
+        });
+        let mut request = Request::get("/").header("host", "k").body(()).unwrap();
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
+        request
+            .extensions_mut()
+            .insert(PeerAddr(peer.parse().unwrap()));
+        layer.layer(upstream).oneshot(request).await.unwrap();
+        let client = *seen.lock().unwrap();
+        client
+    }
+
+    #[tokio::test]
+    async fn the_resolved_client_is_an_extension_only_when_asked_for() {
+        let on = ForwardedLayer::builder()
+            .trusted_proxy("10.0.0.0/8")
+            .client_addr_extension(true)
+            .build()
+            .unwrap();
+        let ip = |text: &str| Some(ClientAddr(text.parse().unwrap()));
+        // A trusted peer reports the client; an untrusted one is the client, whatever it says.
+        assert_eq!(
+            client_addr(&on, "10.0.0.1:1", "192.0.2.7").await,
+            ip("192.0.2.7")
+        );
+        assert_eq!(
+            client_addr(&on, "198.51.100.1:1", "192.0.2.7").await,
+            ip("198.51.100.1")
+        );
+        let off = ForwardedLayer::builder()
+            .trusted_proxy("10.0.0.0/8")
+            .build()
+            .unwrap();
+        assert_eq!(client_addr(&off, "10.0.0.1:1", "192.0.2.7").await, None);
     }
 
     fn layer(trusted: &[&str]) -> ForwardedLayer {

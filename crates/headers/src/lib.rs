@@ -119,14 +119,16 @@ fn announced_trailers(headers: &HeaderMap, listed: &[HeaderName]) -> Option<Head
 /// with any parameters, in any case (WHATWG HTML §9.2.2; media types are case-insensitive,
 /// RFC 9110 §8.3.1).
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|value| {
-        let media_type = value
-            .as_bytes()
-            .split(|&b| b == b';')
-            .next()
-            .unwrap_or_default();
-        trim_ows(media_type).eq_ignore_ascii_case(b"text/event-stream")
-    })
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| is_event_stream_media_type(value.as_bytes()))
+}
+
+/// Whether one media type (`Content-Type`'s value, or one item of `Accept`) is
+/// `text/event-stream`, with any parameters, in any case.
+pub fn is_event_stream_media_type(value: &[u8]) -> bool {
+    let media_type = value.split(|&b| b == b';').next().unwrap_or_default();
+    trim_ows(media_type).eq_ignore_ascii_case(b"text/event-stream")
 }
 
 /// The gateway's own short answer: `status` with `text` as a `text/plain` body. `text`

@@ -294,6 +294,22 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// See [`SseGuardLayer::max_streams_per_client`] (default none; the binary's is 64): the
+    /// client is the one the forwarded layer resolves, trusted proxies considered.
+    pub fn sse_max_streams_per_client(mut self, max: Option<u32>) -> Self {
+        self.sse = self.sse.max_streams_per_client(max);
+        self.forwarded = self
+            .forwarded
+            .client_addr_extension(max.is_some_and(|m| m > 0));
+        self
+    }
+
+    /// See [`SseGuardLayer::max_streams`] (default none).
+    pub fn sse_max_streams(mut self, max: Option<u32>) -> Self {
+        self.sse = self.sse.max_streams(max);
+        self
+    }
+
     /// The `Upgrade` protocols tunnelled (default `websocket`; `h2c` never).
     pub fn upgrade_protocols<I, T>(mut self, protocols: I) -> Self
     where

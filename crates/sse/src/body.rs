@@ -1,6 +1,6 @@
 //! The response body of [`SseGuard`](crate::SseGuard).
 
-use crate::{boundary::EventBoundary, service::Config};
+use crate::{boundary::EventBoundary, caps::StreamSlot, service::Config};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -24,6 +24,8 @@ pin_project! {
     pub struct SseBody<B> {
         #[pin]
         kind: Kind<B>,
+        // The stream's place under the stream caps, freed when the body ends.
+        slot: Option<StreamSlot>,
     }
 }
 
@@ -39,6 +41,10 @@ pin_project! {
             #[pin]
             stream: GuardedStream<B>,
         },
+        // The layer's own short answer (a stream refused over a cap).
+        Message {
+            text: Option<Bytes>,
+        },
     }
 }
 
@@ -46,13 +52,28 @@ impl<B> SseBody<B> {
     pub(crate) fn plain(inner: B) -> Self {
         Self {
             kind: Kind::Plain { inner },
+            slot: None,
         }
     }
 
     pub(crate) fn guarded(stream: GuardedStream<B>) -> Self {
         Self {
             kind: Kind::Guarded { stream },
+            slot: None,
         }
+    }
+
+    pub(crate) fn message(text: &'static str) -> Self {
+        Self {
+            kind: Kind::Message {
+                text: Some(Bytes::from_static(text.as_bytes())),
+            },
+            slot: None,
+        }
+    }
+
+    pub(crate) fn holding(self, slot: Option<StreamSlot>) -> Self {
+        Self { slot, ..self }
     }
 }
 
@@ -74,16 +95,25 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let frame = ready!(match this.kind.project() {
             KindProj::Plain { inner } => inner.poll_frame(cx),
             KindProj::Guarded { stream } => stream.poll_frame(cx),
+            KindProj::Message { text } => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+        });
+        // Ended, by the upstream or with an error: the slot is free now, not when the
+        // connection gets round to dropping the body.
+        if !matches!(frame, Some(Ok(_))) {
+            *this.slot = None;
         }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Plain { inner } => inner.is_end_stream(),
             Kind::Guarded { stream } => stream.done && stream.pending.is_none(),
+            Kind::Message { text } => text.is_none(),
         }
     }
 
@@ -92,6 +122,9 @@ where
             Kind::Plain { inner } => inner.size_hint(),
             // Heartbeats and the closing `retry:` change the length.
             Kind::Guarded { .. } => SizeHint::default(),
+            Kind::Message { text } => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
         }
     }
 }

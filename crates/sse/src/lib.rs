@@ -41,10 +41,12 @@
 
 mod body;
 mod boundary;
+mod caps;
 mod service;
 
 pub use body::{GuardedStream, SseBody};
 pub use boundary::EventBoundary;
+pub use caps::{StreamCapExceeded, DEFAULT_MAX_STREAMS_PER_CLIENT};
 pub use service::{
     ResponseFuture, SseGuard, SseGuardLayer, DEFAULT_HEARTBEAT, DEFAULT_IDLE_TIMEOUT,
     X_ACCEL_BUFFERING,

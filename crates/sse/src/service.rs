@@ -1,17 +1,22 @@
 //! [`SseGuardLayer`] and the [`SseGuard`] service.
 
-use crate::body::{GuardedStream, SseBody};
+use crate::{
+    body::{GuardedStream, SseBody},
+    caps::{accepts_event_stream, StreamCapExceeded, StreamCaps, StreamSlot},
+};
 use bytes::Bytes;
 use http::{
-    header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH},
+    header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER},
     HeaderName, HeaderValue, Request, Response,
 };
 use http_body::Body;
-use kestra_edge_headers::is_event_stream;
+use kestra_edge_forwarded::ClientAddr;
+use kestra_edge_headers::{is_event_stream, plain_text};
 use kestra_edge_proxy::EventStreamReadTimeout;
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
+    net::IpAddr,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
@@ -34,7 +39,13 @@ pub(crate) struct Config {
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) retry_base: Duration,
     pub(crate) retry_jitter: Duration,
+    /// The stream caps, when any is set; shared by every clone of the layer.
+    caps: Option<Arc<StreamCaps>>,
 }
+
+/// `Retry-After` of a stream refused over a cap: a few seconds, like a browser's own
+/// `EventSource` reconnection delay.
+const CAP_RETRY_AFTER_SECS: u64 = 5;
 
 /// Makes every Server-Sent Events response safe to proxy; see the [crate docs](crate).
 #[derive(Debug, Clone)]
@@ -59,6 +70,7 @@ impl SseGuardLayer {
                 max_lifetime: None,
                 retry_base: Duration::from_secs(1),
                 retry_jitter: Duration::from_secs(4),
+                caps: None,
             }),
         }
     }
@@ -70,6 +82,7 @@ impl SseGuardLayer {
             max_lifetime: self.config.max_lifetime,
             retry_base: self.config.retry_base,
             retry_jitter: self.config.retry_jitter,
+            caps: self.config.caps.clone(),
         };
         change(&mut config);
         Self {
@@ -93,6 +106,29 @@ impl SseGuardLayer {
     /// browsers spread out (`None` or zero: no cap).
     pub fn max_lifetime(self, cap: Option<Duration>) -> Self {
         self.with(|c| c.max_lifetime = cap.filter(|d| !d.is_zero()))
+    }
+
+    /// Refuses an event stream with 429 and `Retry-After` while its client (the
+    /// [`ClientAddr`] the forwarded layer resolved, trusted proxies considered) has `max`
+    /// open (`None` or zero: no cap). A request asking for an event stream
+    /// (`Accept: text/event-stream`) is refused before it reaches the upstream; any other
+    /// response that turns out to be one is refused when its head arrives, and the
+    /// upstream's stream closed. A stream frees its slot as soon as its body ends or is
+    /// dropped. Without a client address only [`max_streams`](Self::max_streams) applies.
+    pub fn max_streams_per_client(self, max: Option<u32>) -> Self {
+        let total = self.config.caps.as_ref().and_then(|c| c.total());
+        self.with(|c| {
+            c.caps = StreamCaps::new(max.filter(|&m| m > 0), total, CAP_RETRY_AFTER_SECS);
+        })
+    }
+
+    /// Refuses an event stream with 503 and `Retry-After` while `max` are open through this
+    /// layer and its clones, whatever their client (`None` or zero: no cap).
+    pub fn max_streams(self, max: Option<u32>) -> Self {
+        let per_client = self.config.caps.as_ref().and_then(|c| c.per_client());
+        self.with(|c| {
+            c.caps = StreamCaps::new(per_client, max.filter(|&m| m > 0), CAP_RETRY_AFTER_SECS);
+        })
     }
 
     /// The reconnection delay sent at the lifetime cap: `base` plus a random part below
@@ -141,9 +177,25 @@ where
         // This layer governs event streams' idleness; the proxy's read timeout must not
         // cut a quiet stream first.
         req.extensions_mut().insert(EventStreamReadTimeout(None));
+        let mut client = None;
+        if let Some(caps) = &self.config.caps {
+            client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+            if accepts_event_stream(req.headers()) {
+                if let Some(refused) = caps.full(client) {
+                    return ResponseFuture {
+                        inner: None,
+                        config: self.config.clone(),
+                        client,
+                        refused: Some(refused),
+                    };
+                }
+            }
+        }
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
             config: self.config.clone(),
+            client,
+            refused: None,
         }
     }
 }
@@ -152,9 +204,12 @@ pin_project! {
     /// Response future of [`SseGuard`].
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
+        // `None` for a stream refused before it reached the upstream.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         config: Arc<Config>,
+        client: Option<IpAddr>,
+        refused: Option<StreamCapExceeded>,
     }
 }
 
@@ -167,9 +222,40 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(guard(response, this.config)))
+        if let Some(refused) = this.refused.take() {
+            return Poll::Ready(Ok(refusal(refused, this.config)));
+        }
+        let Some(inner) = this.inner.as_pin_mut() else {
+            // Polled again after the refusal was returned.
+            return Poll::Pending;
+        };
+        let response = ready!(inner.poll(cx))?;
+        let slot = match &this.config.caps {
+            Some(caps) if is_event_stream(response.headers()) => {
+                match caps.acquire(*this.client) {
+                    Ok(slot) => Some(slot),
+                    // Dropping the response closes the upstream's stream at once.
+                    Err(refused) => return Poll::Ready(Ok(refusal(refused, this.config))),
+                }
+            }
+            _ => None,
+        };
+        Poll::Ready(Ok(guard(response, this.config, slot)))
     }
+}
+
+/// The answer to a stream over a cap: 429 or 503, `Retry-After`, and a
+/// [`StreamCapExceeded`] extension saying which cap.
+fn refusal<B>(refused: StreamCapExceeded, config: &Config) -> Response<SseBody<B>> {
+    let text = refused.message();
+    let mut response = plain_text::<Bytes>(refused.status(), text).map(|_| SseBody::message(text));
+    if let Some(caps) = &config.caps {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, caps.retry_after.clone());
+    }
+    response.extensions_mut().insert(refused);
+    response
 }
 
 /// An event stream's response with the SSE headers set and its body guarded.
@@ -177,7 +263,11 @@ where
 /// `Content-Length` goes (heartbeats change the length); `Cache-Control: no-cache` is added
 /// when absent (the nginx block's `proxy_cache off`); `X-Accel-Buffering: no`. A compressed
 /// stream passes unguarded: heartbeats cannot be inserted into it.
-fn guard<B>(response: Response<B>, config: &Arc<Config>) -> Response<SseBody<B>> {
+fn guard<B>(
+    response: Response<B>,
+    config: &Arc<Config>,
+    slot: Option<StreamSlot>,
+) -> Response<SseBody<B>> {
     if !is_event_stream(response.headers()) {
         return response.map(SseBody::plain);
     }
@@ -200,5 +290,5 @@ fn guard<B>(response: Response<B>, config: &Arc<Config>) -> Response<SseBody<B>>
     } else {
         SseBody::guarded(GuardedStream::new(body, config.clone()))
     };
-    Response::from_parts(parts, body)
+    Response::from_parts(parts, body.holding(slot))
 }

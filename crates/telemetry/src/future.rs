@@ -1,7 +1,6 @@
 //! The response future: counts the head when it arrives.
 
 use crate::{registry::Inner, TelemetryBody};
-use kestra_edge_proxy::UpstreamFailure;
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
@@ -56,7 +55,7 @@ where
             method,
             response.status(),
             response.headers(),
-            response.extensions().get::<UpstreamFailure>(),
+            response.extensions(),
             seconds,
         );
         Poll::Ready(Ok(if stream {

@@ -3,6 +3,7 @@
 
 use http::{HeaderMap, Method, StatusCode};
 use kestra_edge_proxy::UpstreamFailure;
+use kestra_edge_sse::StreamCapExceeded;
 use kestra_edge_upgrade::Tunnels;
 use metrics::{Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
@@ -38,8 +39,9 @@ const OUTCOMES: [&str; 5] = [
     "closed",
     "response_timeout",
 ];
-/// The `reason` label of `kestra_edge_limit_rejections_total`, with the status it is read from.
-const REASONS: [(&str, StatusCode); 6] = [
+/// The `reason` label of `kestra_edge_limit_rejections_total`, with the status it is read from
+/// (the last two are told by the SSE guard's [`StreamCapExceeded`] extension instead).
+const REASONS: [(&str, StatusCode); 8] = [
     ("body_timeout", StatusCode::REQUEST_TIMEOUT),
     ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("uri_too_long", StatusCode::URI_TOO_LONG),
@@ -49,7 +51,11 @@ const REASONS: [(&str, StatusCode); 6] = [
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
     ),
     ("no_healthy_upstream", StatusCode::SERVICE_UNAVAILABLE),
+    ("sse_streams_per_client", StatusCode::TOO_MANY_REQUESTS),
+    ("sse_streams", StatusCode::SERVICE_UNAVAILABLE),
 ];
+const SSE_PER_CLIENT: usize = 6;
+const SSE_CAP_TOTAL: usize = 7;
 /// Time to the response head: from a cached asset (sub-millisecond) to Kestra's 600 s read
 /// timeout.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -329,9 +335,10 @@ impl Inner {
         method: usize,
         status: StatusCode,
         headers: &HeaderMap,
-        failure: Option<&UpstreamFailure>,
+        extensions: &http::Extensions,
         seconds: f64,
     ) -> bool {
+        let failure = extensions.get::<UpstreamFailure>();
         let code = usize::from(status.as_u16() - STATUS_FIRST);
         if let Some(count) = self.requests.get(method * STATUSES + code) {
             count.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +355,12 @@ impl Inner {
             self.set_single_up(false);
             return false;
         }
-        if let Some(reason) = rejection(status, headers) {
+        let reason = match extensions.get::<StreamCapExceeded>() {
+            Some(StreamCapExceeded::PerClient) => Some(SSE_PER_CLIENT),
+            Some(_) => Some(SSE_CAP_TOTAL),
+            None => rejection(status, headers),
+        };
+        if let Some(reason) = reason {
             self.rejections[reason].fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -389,7 +401,9 @@ pub(crate) fn method_index(method: &Method) -> usize {
 /// The limit a response answers for, read from its status: a 503 counts only with
 /// `Retry-After`, as the balancer sends it when no replica is healthy.
 fn rejection(status: StatusCode, headers: &HeaderMap) -> Option<usize> {
-    let reason = REASONS.iter().position(|(_, s)| *s == status)?;
+    let reason = REASONS[..SSE_PER_CLIENT]
+        .iter()
+        .position(|(_, s)| *s == status)?;
     if status == StatusCode::SERVICE_UNAVAILABLE && !headers.contains_key(http::header::RETRY_AFTER)
     {
         return None;
@@ -414,9 +428,13 @@ mod tests {
         let metrics = Metrics::new(UpstreamView::single("http://u"));
         for code in [100, 200, 599, 999] {
             let status = StatusCode::from_u16(code).unwrap();
-            metrics
-                .inner
-                .record_head(9, status, &HeaderMap::new(), None, 0.001);
+            metrics.inner.record_head(
+                9,
+                status,
+                &HeaderMap::new(),
+                &http::Extensions::new(),
+                0.001,
+            );
         }
         let text = metrics.render();
         for code in ["100", "200", "599", "999"] {
@@ -434,34 +452,37 @@ mod tests {
         let metrics = Metrics::new(UpstreamView::single("http://kestra:8080"));
         let inner = &metrics.inner;
         let none = HeaderMap::new();
-        inner.record_head(
-            0,
-            StatusCode::BAD_GATEWAY,
-            &none,
-            Some(&UpstreamFailure::Connect),
-            0.0,
-        );
+        let nothing = http::Extensions::new();
+        let mut refused = http::Extensions::new();
+        refused.insert(UpstreamFailure::Connect);
+        inner.record_head(0, StatusCode::BAD_GATEWAY, &none, &refused, 0.0);
         assert!(!metrics.any_upstream_up());
-        inner.record_head(0, StatusCode::PAYLOAD_TOO_LARGE, &none, None, 0.0);
+        inner.record_head(0, StatusCode::PAYLOAD_TOO_LARGE, &none, &nothing, 0.0);
         // Kestra's own 503 without Retry-After is an answer, not a rejection.
-        inner.record_head(0, StatusCode::SERVICE_UNAVAILABLE, &none, None, 0.0);
+        inner.record_head(0, StatusCode::SERVICE_UNAVAILABLE, &none, &nothing, 0.0);
+        // A stream refused by the SSE guard's cap is told by its extension.
+        let mut capped = http::Extensions::new();
+        capped.insert(StreamCapExceeded::PerClient);
+        inner.record_head(0, StatusCode::TOO_MANY_REQUESTS, &none, &capped, 0.0);
         assert!(metrics.any_upstream_up());
         let mut sse = HeaderMap::new();
         sse.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/event-stream"),
         );
-        assert!(inner.record_head(0, StatusCode::OK, &sse, None, 0.0));
+        assert!(inner.record_head(0, StatusCode::OK, &sse, &nothing, 0.0));
         let text = metrics.render();
         for line in [
             "kestra_edge_upstream_requests_total{upstream=\"http://kestra:8080\",outcome=\"connect_error\"} 1",
             "kestra_edge_upstream_requests_total{upstream=\"http://kestra:8080\",outcome=\"response\"} 2",
             "kestra_edge_limit_rejections_total{reason=\"body_too_large\"} 1",
             "kestra_edge_limit_rejections_total{reason=\"no_healthy_upstream\"} 0",
+            "kestra_edge_limit_rejections_total{reason=\"sse_streams_per_client\"} 1",
+            "kestra_edge_limit_rejections_total{reason=\"too_many_requests\"} 0",
             "kestra_edge_sse_streams_open 1",
             "kestra_edge_sse_streams_total 1",
             "kestra_edge_upstream_up{upstream=\"http://kestra:8080\"} 1",
-            "kestra_edge_http_request_duration_seconds_count{method=\"GET\"} 4",
+            "kestra_edge_http_request_duration_seconds_count{method=\"GET\"} 5",
             "# TYPE kestra_edge_http_request_duration_seconds histogram",
             "# TYPE process_open_fds gauge",
         ] {

@@ -442,6 +442,8 @@ fn stack(config: &GatewayConfig) -> kestra_edge::KestraEdgeBuilder {
         .sse_heartbeat(Some(streams.sse_heartbeat))
         .sse_idle_timeout(Some(streams.sse_idle_timeout))
         .sse_max_lifetime(streams.sse_max_lifetime)
+        .sse_max_streams_per_client(Some(streams.sse_max_streams_per_client))
+        .sse_max_streams(streams.sse_max_streams)
 }
 
 /// Why a gateway could not start.

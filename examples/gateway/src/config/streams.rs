@@ -20,6 +20,14 @@ pub struct StreamsArgs {
     /// `retry:` [default: no cap].
     #[arg(long, env = "KESTRA_EDGE_SSE_MAX_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
     pub sse_max_lifetime: Option<Duration>,
+    /// Answer an SSE stream 429 (with Retry-After) while its client, after trusted-proxy
+    /// resolution, has this many open; 0 turns it off [default: 64].
+    #[arg(long, env = "KESTRA_EDGE_SSE_MAX_STREAMS_PER_CLIENT", value_name = "N")]
+    pub sse_max_streams_per_client: Option<u32>,
+    /// Answer an SSE stream 503 (with Retry-After) while this many are open in all
+    /// [default: no cap].
+    #[arg(long, env = "KESTRA_EDGE_SSE_MAX_STREAMS", value_name = "N")]
+    pub sse_max_streams: Option<u32>,
     /// An `Upgrade` protocol to tunnel; repeatable (h2c is never tunnelled)
     /// [default: websocket].
     #[arg(
@@ -51,6 +59,8 @@ pub(super) struct StreamsFile {
     sse_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     sse_max_lifetime: Option<Duration>,
+    sse_max_streams_per_client: Option<u32>,
+    sse_max_streams: Option<u32>,
     upgrade_protocols: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde_opt")]
     tunnel_idle_timeout: Option<Duration>,
@@ -68,6 +78,10 @@ pub struct StreamsConfig {
     pub sse_idle_timeout: Duration,
     /// See `--sse-max-lifetime`.
     pub sse_max_lifetime: Option<Duration>,
+    /// See `--sse-max-streams-per-client` (zero: off).
+    pub sse_max_streams_per_client: u32,
+    /// See `--sse-max-streams`.
+    pub sse_max_streams: Option<u32>,
     /// See `--upgrade-protocol`.
     pub upgrade_protocols: Vec<String>,
     /// See `--tunnel-idle-timeout` (`None`: the read timeout).
@@ -90,6 +104,14 @@ impl StreamsConfig {
                 .or(file.sse_idle_timeout)
                 .unwrap_or(kestra_edge::sse::DEFAULT_IDLE_TIMEOUT),
             sse_max_lifetime: args.sse_max_lifetime.or(file.sse_max_lifetime),
+            sse_max_streams_per_client: args
+                .sse_max_streams_per_client
+                .or(file.sse_max_streams_per_client)
+                .unwrap_or(kestra_edge::sse::DEFAULT_MAX_STREAMS_PER_CLIENT),
+            sse_max_streams: args
+                .sse_max_streams
+                .or(file.sse_max_streams)
+                .filter(|&n| n > 0),
             upgrade_protocols: Some(args.upgrade_protocols)
                 .filter(|v| !v.is_empty())
                 .or(file.upgrade_protocols)
@@ -98,5 +120,68 @@ impl StreamsConfig {
             tunnel_max_lifetime: args.tunnel_max_lifetime.or(file.tunnel_max_lifetime),
             compression: args.compression || file.compression.unwrap_or(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Args, GatewayConfig};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> GatewayConfig {
+        let argv = std::iter::once("kestra-edge").chain(args.iter().copied());
+        GatewayConfig::from_args(Args::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn stream_caps_from_the_command_line_the_file_and_the_environment() {
+        let c = parse(&[]);
+        assert_eq!(c.streams.sse_max_streams_per_client, 64);
+        assert_eq!(c.streams.sse_max_streams, None);
+        let c = parse(&[
+            "--sse-max-streams-per-client",
+            "8",
+            "--sse-max-streams",
+            "1000",
+        ]);
+        assert_eq!(c.streams.sse_max_streams_per_client, 8);
+        assert_eq!(c.streams.sse_max_streams, Some(1000));
+        let c = parse(&[
+            "--sse-max-streams-per-client",
+            "0",
+            "--sse-max-streams",
+            "0",
+        ]);
+        assert_eq!(c.streams.sse_max_streams_per_client, 0);
+        assert_eq!(c.streams.sse_max_streams, None);
+        assert!(Args::try_parse_from(["kestra-edge", "--sse-max-streams", "-1"]).is_err());
+
+        let path = std::env::temp_dir().join(format!(
+            "kestra-edge-stream-caps-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "sse_max_streams_per_client = 16\nsse_max_streams = 500\n",
+        )
+        .unwrap();
+        let c = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--sse-max-streams",
+            "600",
+        ]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.streams.sse_max_streams_per_client, 16);
+        assert_eq!(c.streams.sse_max_streams, Some(600));
+
+        // Only this test reads these variables.
+        std::env::set_var("KESTRA_EDGE_SSE_MAX_STREAMS_PER_CLIENT", "4");
+        std::env::set_var("KESTRA_EDGE_SSE_MAX_STREAMS", "40");
+        let c = parse(&[]);
+        std::env::remove_var("KESTRA_EDGE_SSE_MAX_STREAMS_PER_CLIENT");
+        std::env::remove_var("KESTRA_EDGE_SSE_MAX_STREAMS");
+        assert_eq!(c.streams.sse_max_streams_per_client, 4);
+        assert_eq!(c.streams.sse_max_streams, Some(40));
     }
 }
