@@ -150,8 +150,6 @@ async fn egress_listen_without_upstream_runs_the_forward_proxy_alone() {
             "--egress-allow",
             "127.0.0.1",
             "--egress-allow-private",
-            "--listen",
-            "127.0.0.1:1",
         ],
         true,
     )
@@ -176,12 +174,25 @@ async fn egress_listen_without_upstream_runs_the_forward_proxy_alone() {
         .code();
     assert_eq!(code, Some(0));
     let mut log = Vec::new();
-    while let Ok(line) = running.stderr.try_recv() {
+    // Everything the process wrote: the reader ends at its EOF.
+    while let Some(line) = tokio::time::timeout(LIMIT, running.stderr.recv())
+        .await
+        .expect("stderr closes after exit")
+    {
         log.push(line);
     }
     assert!(
         log.iter().all(|line| !line.contains("s3cret")),
         "a password was logged"
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.contains("serving the egress forward proxy alone")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().all(|line| !line.contains("kestra-edge ready")),
+        "the reverse proxy started: {log:?}"
     );
     std::fs::remove_dir_all(users.parent().unwrap()).unwrap();
 }
