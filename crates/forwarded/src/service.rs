@@ -107,11 +107,23 @@ pub struct ForwardedLayerBuilder {
     client_addr: bool,
 }
 
-/// A request extension: the client's address after the trusted-proxy resolution (the peer,
-/// or what a trusted peer reported), for the layers inside that limit or log per client.
-/// Added only when [`ForwardedLayerBuilder::client_addr_extension`] asks for it.
+/// A request extension: the client's address as a trusted peer reported it, for the layers
+/// inside that limit or log per client. Added only when
+/// [`ForwardedLayerBuilder::client_addr_extension`] asks for it, and only when the client
+/// is not the peer itself, so that the common case costs no allocation: read it with
+/// [`client_addr`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub IpAddr);
+
+/// The client of a request that went through the forwarded layer (with
+/// [`ForwardedLayerBuilder::client_addr_extension`]): what a trusted peer reported, else the
+/// peer ([`PeerAddr`] or axum's `ConnectInfo`).
+pub fn client_addr<B>(req: &Request<B>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ClientAddr>()
+        .map(|c| c.0)
+        .or_else(|| peer_addr(req))
+}
 
 impl ForwardedLayerBuilder {
     /// Trusts the proxies in `cidr` (`10.0.0.0/8`, `2001:db8::/32`, or one address) to report
@@ -134,8 +146,9 @@ impl ForwardedLayerBuilder {
         self
     }
 
-    /// Puts the resolved client on each request as a [`ClientAddr`] extension (off by
-    /// default: it costs an allocation per request).
+    /// Puts the resolved client on each request whose client is not its peer (behind a
+    /// trusted proxy) as a [`ClientAddr`] extension, for [`client_addr`] (off by default: it
+    /// costs an allocation per such request).
     pub fn client_addr_extension(mut self, on: bool) -> Self {
         self.client_addr = on;
         self
@@ -294,7 +307,9 @@ where
         }
         let tls = req.extensions().get::<TlsConnection>().is_some();
         let view = ClientView::resolve(&self.config, req.headers_mut(), peer, host, tls);
-        let client = view.client.filter(|_| self.config.client_addr);
+        let client = view
+            .client
+            .filter(|&client| self.config.client_addr && Some(client) != peer);
         view.write(&self.config.headers, req.headers_mut());
         if let Some(client) = client {
             req.extensions_mut().insert(ClientAddr(client));
@@ -673,11 +688,11 @@ mod tests {
     }
 
     /// The `ClientAddr` extension the inner service sees, for a request from `peer`.
-    async fn client_addr(layer: &ForwardedLayer, peer: &str, xff: &str) -> Option<ClientAddr> {
+    async fn seen_client(layer: &ForwardedLayer, peer: &str, xff: &str) -> Option<IpAddr> {
         let seen = Arc::new(Mutex::new(None));
         let recorder = seen.clone();
         let upstream = service_fn(move |req: Request<()>| {
-            *recorder.lock().unwrap() = req.extensions().get::<ClientAddr>().copied();
+            *recorder.lock().unwrap() = super::client_addr(&req);
             async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::default())) }
         });
         let mut request = Request::get("/").header("host", "k").body(()).unwrap();
@@ -699,21 +714,26 @@ mod tests {
             .client_addr_extension(true)
             .build()
             .unwrap();
-        let ip = |text: &str| Some(ClientAddr(text.parse().unwrap()));
-        // A trusted peer reports the client; an untrusted one is the client, whatever it says.
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        // A trusted peer reports the client; an untrusted one is the client, whatever it
+        // says (from the peer address: no extension, no allocation).
         assert_eq!(
-            client_addr(&on, "10.0.0.1:1", "192.0.2.7").await,
+            seen_client(&on, "10.0.0.1:1", "192.0.2.7").await,
             ip("192.0.2.7")
         );
         assert_eq!(
-            client_addr(&on, "198.51.100.1:1", "192.0.2.7").await,
+            seen_client(&on, "198.51.100.1:1", "192.0.2.7").await,
             ip("198.51.100.1")
         );
         let off = ForwardedLayer::builder()
             .trusted_proxy("10.0.0.0/8")
             .build()
             .unwrap();
-        assert_eq!(client_addr(&off, "10.0.0.1:1", "192.0.2.7").await, None);
+        // Without the extension, the peer.
+        assert_eq!(
+            seen_client(&off, "10.0.0.1:1", "192.0.2.7").await,
+            ip("10.0.0.1")
+        );
     }
 
     fn layer(trusted: &[&str]) -> ForwardedLayer {

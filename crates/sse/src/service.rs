@@ -10,7 +10,7 @@ use http::{
     HeaderName, HeaderValue, Request, Response,
 };
 use http_body::Body;
-use kestra_edge_forwarded::ClientAddr;
+use kestra_edge_forwarded::client_addr;
 use kestra_edge_headers::{is_event_stream, plain_text};
 use kestra_edge_proxy::EventStreamReadTimeout;
 use pin_project_lite::pin_project;
@@ -179,7 +179,7 @@ where
         req.extensions_mut().insert(EventStreamReadTimeout(None));
         let mut client = None;
         if let Some(caps) = &self.config.caps {
-            client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+            client = client_addr(&req);
             if accepts_event_stream(req.headers()) {
                 if let Some(refused) = caps.full(client) {
                     return ResponseFuture {
