@@ -458,3 +458,69 @@ async fn streams_over_the_total_cap_get_503() {
     let again = follow(&gateway, "192.0.2.9").await;
     assert_eq!(again.status(), 200);
 }
+
+#[tokio::test]
+async fn request_ids_are_generated_kept_from_a_trusted_proxy_and_replaced_from_others() {
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let mut config = GatewayConfig::for_upstream(standin.url());
+    config.forwarded.trusted_proxies = vec!["127.0.0.2".to_owned()];
+    config.telemetry.request_id = true;
+    let gateway = Admined::start(config).await;
+    // The upstream echoes what it got; the answer carries the id back.
+    let echo = |id: Option<&'static str>, from: [u8; 4]| {
+        let url = gateway.url("/kestra/api/v1/echo/x");
+        async move {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .local_address(std::net::IpAddr::from(from))
+                .build()
+                .unwrap();
+            let mut request = client.get(url);
+            if let Some(id) = id {
+                request = request.header("x-request-id", id);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let returned = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let echo: serde_json::Value = response.json().await.unwrap();
+            let sent: Vec<String> = echo["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|pair| {
+                    pair[0]
+                        .as_str()
+                        .unwrap()
+                        .eq_ignore_ascii_case("x-request-id")
+                })
+                .map(|pair| pair[1].as_str().unwrap().to_owned())
+                .collect();
+            (returned, sent)
+        }
+    };
+    // None given: one is generated, sent upstream once and returned.
+    let (returned, sent) = echo(None, [127, 0, 0, 1]).await;
+    assert_eq!(returned.len(), 32, "{returned}");
+    assert_eq!(sent, std::slice::from_ref(&returned));
+    let (other, _) = echo(None, [127, 0, 0, 1]).await;
+    assert_ne!(other, returned);
+    // From an untrusted peer, the client's own is replaced.
+    let (returned, sent) = echo(Some("forged-by-client"), [127, 0, 0, 1]).await;
+    assert_ne!(returned, "forged-by-client");
+    assert_eq!(sent, [returned]);
+    // From the trusted proxy, kept.
+    let (returned, sent) = echo(Some("from-the-proxy-1"), [127, 0, 0, 2]).await;
+    assert_eq!(returned, "from-the-proxy-1");
+    assert_eq!(sent, ["from-the-proxy-1"]);
+    // The gateway's own answers carry one too.
+    let response = client()
+        .get(gateway.url("/outside-the-context-path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["x-request-id"].len(), 32);
+}

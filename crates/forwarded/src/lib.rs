@@ -68,5 +68,5 @@ pub use rfc7239::{parse_node, ForwardedElement};
 pub use service::{
     client_addr, ClientAddr, Forwarded, ForwardedError, ForwardedHeaders, ForwardedLayer,
     ForwardedLayerBuilder, ResponseFuture, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
-    X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_FORWARDED_PROTOCOL, X_REAL_IP,
+    X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_FORWARDED_PROTOCOL, X_REAL_IP, X_REQUEST_ID,
 };

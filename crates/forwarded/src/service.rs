@@ -36,6 +36,8 @@ pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-po
 pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 /// `X-Real-IP`.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `X-Request-Id`: one request's id, kept from a trusted proxy, else generated.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every header through which a client could claim an identity; removed from untrusted peers.
 const CLAIMS: [HeaderName; 8] = [
@@ -105,6 +107,7 @@ pub struct ForwardedLayerBuilder {
     scheme: Option<String>,
     headers: ForwardedHeaders,
     client_addr: bool,
+    request_id_trust: bool,
 }
 
 /// A request extension: the client's address as a trusted peer reported it, for the layers
@@ -146,6 +149,14 @@ impl ForwardedLayerBuilder {
         self
     }
 
+    /// Removes a client's own `X-Request-Id` unless its peer is a trusted proxy, so that the
+    /// request-id layer inside generates one (the same trust rule as `X-Forwarded-For`; off
+    /// by default: the header passes as any other).
+    pub fn request_id_from_trusted_only(mut self, on: bool) -> Self {
+        self.request_id_trust = on;
+        self
+    }
+
     /// Puts the resolved client on each request whose client is not its peer (behind a
     /// trusted proxy) as a [`ClientAddr`] extension, for [`client_addr`] (off by default: it
     /// costs an allocation per such request).
@@ -183,6 +194,7 @@ impl ForwardedLayerBuilder {
                 scheme,
                 headers: self.headers,
                 client_addr: self.client_addr,
+                request_id_trust: self.request_id_trust,
                 warned_no_peer: AtomicBool::new(false),
             }),
         })
@@ -234,6 +246,7 @@ struct Config {
     scheme: Scheme,
     headers: ForwardedHeaders,
     client_addr: bool,
+    request_id_trust: bool,
     warned_no_peer: AtomicBool,
 }
 
@@ -307,6 +320,9 @@ where
         }
         let tls = req.extensions().get::<TlsConnection>().is_some();
         let view = ClientView::resolve(&self.config, req.headers_mut(), peer, host, tls);
+        if self.config.request_id_trust && !peer.is_some_and(|p| self.config.is_trusted(p)) {
+            req.headers_mut().remove(X_REQUEST_ID);
+        }
         let client = view
             .client
             .filter(|&client| self.config.client_addr && Some(client) != peer);

@@ -97,6 +97,7 @@ mod upstream;
 use axum::Router;
 use http::{Request, Response};
 use http_body::Body;
+use kestra_edge_telemetry::EdgeRequestIds;
 use std::{
     convert::Infallible,
     error::Error as StdError,
@@ -106,6 +107,9 @@ use std::{
     time::Duration,
 };
 use tower::{util::Either, Layer, Service};
+use tower_http::request_id::{
+    PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer,
+};
 
 pub use kestra_edge_auth as auth;
 pub use kestra_edge_auth::ForwardAuthLayer;
@@ -119,6 +123,7 @@ pub use kestra_edge_proxy as proxy;
 pub use kestra_edge_proxy::ProxyBody;
 pub use kestra_edge_server as server;
 pub use kestra_edge_sse as sse;
+pub use kestra_edge_telemetry as telemetry;
 pub use kestra_edge_tls as tls;
 pub use kestra_edge_upgrade as upgrade;
 pub use kestra_edge_upgrade::Tunnels;
@@ -177,6 +182,7 @@ pub struct KestraEdgeBuilder {
     tunnel_idle_timeout: Option<Duration>,
     context_path: Option<(String, PrefixMode)>,
     auth: ForwardAuthLayer,
+    request_ids: Option<EdgeRequestIds>,
 }
 
 impl KestraEdgeBuilder {
@@ -301,6 +307,17 @@ impl KestraEdgeBuilder {
         self.forwarded = self
             .forwarded
             .client_addr_extension(max.is_some_and(|m| m > 0));
+        self
+    }
+
+    /// Gives every request an `X-Request-Id`: a client's own is kept only when its peer is a
+    /// trusted proxy (the `X-Forwarded-For` rule), else one is generated
+    /// ([`EdgeRequestIds`]); Kestra gets it and the response carries it back, the gateway's
+    /// own answers (502, 504, 413 …) included (tower-http's request-id layers, inside the
+    /// forwarded layer). Off by default.
+    pub fn request_id(mut self, on: bool) -> Self {
+        self.request_ids = on.then(EdgeRequestIds::new);
+        self.forwarded = self.forwarded.request_id_from_trusted_only(on);
         self
     }
 
@@ -463,12 +480,19 @@ impl KestraEdgeBuilder {
             }
             None => Either::Right(guarded),
         };
+        let identified = match self.request_ids {
+            Some(ids) => Either::Left(
+                SetRequestIdLayer::x_request_id(ids)
+                    .layer(PropagateRequestIdLayer::x_request_id().layer(routed)),
+            ),
+            None => Either::Right(routed),
+        };
         let upgrade = self
             .upgrade
             .idle_timeout(self.tunnel_idle_timeout.unwrap_or(self.read_timeout));
         Ok(KestraEdge {
             tunnels: upgrade.tunnels().clone(),
-            stack: upgrade.layer(forwarded.layer(routed)),
+            stack: upgrade.layer(forwarded.layer(identified)),
             upstream: upstream_service,
         })
     }
@@ -481,7 +505,10 @@ impl KestraEdgeBuilder {
 }
 
 /// The layers around the proxy, outermost first.
-type Stack<B> = Upgrade<Forwarded<Either<Prefix<Guarded<B>, Guarded<B>>, Guarded<B>>>>;
+type Stack<B> = Upgrade<Forwarded<Identified<B>>>;
+/// With request ids: set (kept from a trusted proxy, else generated), then returned.
+type Identified<B> = Either<SetRequestId<PropagateRequestId<Routed<B>>, EdgeRequestIds>, Routed<B>>;
+type Routed<B> = Either<Prefix<Guarded<B>, Guarded<B>>, Guarded<B>>;
 type Guarded<B> = SseGuard<ForwardAuth<Upstream<B>>>;
 
 /// The body of every response of the stack.
@@ -527,6 +554,7 @@ impl KestraEdge<()> {
             tunnel_idle_timeout: None,
             context_path: None,
             auth: ForwardAuthLayer::disabled(),
+            request_ids: None,
         }
     }
 }

@@ -109,7 +109,7 @@ impl SseGuardLayer {
     }
 
     /// Refuses an event stream with 429 and `Retry-After` while its client (the
-    /// [`ClientAddr`] the forwarded layer resolved, trusted proxies considered) has `max`
+    /// [`ClientAddr`](kestra_edge_forwarded::ClientAddr) the forwarded layer resolved, trusted proxies considered) has `max`
     /// open (`None` or zero: no cap). A request asking for an event stream
     /// (`Accept: text/event-stream`) is refused before it reaches the upstream; any other
     /// response that turns out to be one is refused when its head arrives, and the

@@ -60,6 +60,7 @@ mod future;
 mod layer;
 mod process;
 mod registry;
+mod request_id;
 
 pub use admin::{Admin, AdminBody, Readiness};
 pub use body::TelemetryBody;
@@ -67,3 +68,4 @@ pub use future::ResponseFuture;
 pub use kestra_edge_upgrade::Tunnels;
 pub use layer::{Telemetry, TelemetryLayer};
 pub use registry::{Metrics, UpstreamView};
+pub use request_id::EdgeRequestIds;

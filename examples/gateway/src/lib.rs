@@ -444,6 +444,7 @@ fn stack(config: &GatewayConfig) -> kestra_edge::KestraEdgeBuilder {
         .sse_max_lifetime(streams.sse_max_lifetime)
         .sse_max_streams_per_client(Some(streams.sse_max_streams_per_client))
         .sse_max_streams(streams.sse_max_streams)
+        .request_id(config.telemetry.request_id)
 }
 
 /// Why a gateway could not start.

@@ -1,4 +1,5 @@
-//! Telemetry: the admin listener that serves the metrics and the health probes.
+//! Telemetry: the admin listener that serves the metrics and the health probes, and
+//! request ids.
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -10,6 +11,10 @@ pub struct TelemetryArgs {
     /// --listen [default: off].
     #[arg(long, env = "KESTRA_EDGE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Give every request an X-Request-Id (a client's own kept only from a --trusted-proxy),
+    /// sent to Kestra and returned on the response [default: off].
+    #[arg(long, env = "KESTRA_EDGE_REQUEST_ID")]
+    pub request_id: bool,
 }
 
 /// The admin listener's keys in the TOML file.
@@ -17,6 +22,7 @@ pub struct TelemetryArgs {
 #[serde(rename_all = "snake_case")]
 pub(super) struct TelemetryFile {
     admin_listen: Option<SocketAddr>,
+    request_id: Option<bool>,
 }
 
 /// The admin listener's resolved settings.
@@ -24,12 +30,15 @@ pub(super) struct TelemetryFile {
 pub struct TelemetryConfig {
     /// See `--admin-listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// See `--request-id`.
+    pub request_id: bool,
 }
 
 impl TelemetryConfig {
     pub(super) fn resolve(args: TelemetryArgs, file: TelemetryFile) -> Self {
         Self {
             admin_listen: args.admin_listen.or(file.admin_listen),
+            request_id: args.request_id || file.request_id.unwrap_or(false),
         }
     }
 }
@@ -50,16 +59,29 @@ mod tests {
             Some(([127, 0, 0, 1], 9100).into())
         );
         assert!(Args::try_parse_from(["kestra-edge", "--admin-listen", "nowhere"]).is_err());
+        assert!(!c.telemetry.request_id);
+        let args = Args::try_parse_from(["kestra-edge", "--request-id"]);
+        assert!(
+            GatewayConfig::from_args(args.unwrap())
+                .unwrap()
+                .telemetry
+                .request_id
+        );
     }
 
     #[test]
     fn the_admin_listener_from_the_file_and_the_environment() {
         let path =
             std::env::temp_dir().join(format!("kestra-edge-telemetry-{}.toml", std::process::id()));
-        std::fs::write(&path, "admin_listen = \"0.0.0.0:9100\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "admin_listen = \"0.0.0.0:9100\"\nrequest_id = true\n",
+        )
+        .unwrap();
         let argv = ["kestra-edge", "--config", path.to_str().unwrap()];
         let c = GatewayConfig::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
         assert_eq!(c.telemetry.admin_listen, Some(([0, 0, 0, 0], 9100).into()));
+        assert!(c.telemetry.request_id);
         // The flag beats the file.
         let argv = [&argv[..], &["--admin-listen", "127.0.0.1:9101"]].concat();
         let c = GatewayConfig::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
