@@ -4,7 +4,7 @@ use crate::{body::Reclaim, ejection::Ejection};
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body_util::Empty;
-use kestra_edge_proxy::ReverseProxy;
+use kestra_edge_proxy::{ReverseProxy, UpstreamFailure};
 use std::{
     fmt,
     sync::{
@@ -34,6 +34,25 @@ pub(crate) struct Stats {
     healthy: AtomicBool,
     /// Passive ejection.
     pub(crate) ejection: Ejection,
+    /// Exchanges with this replica by outcome (see [`ReplicaOutcomes`]), for metrics.
+    outcomes: [AtomicU64; 5],
+}
+
+/// How the exchanges with one replica ended, counted since it joined: each attempt of a
+/// retried request counts on the replica it went to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplicaOutcomes {
+    /// A response head came back.
+    pub responses: u64,
+    /// The connection was refused, the replica unreachable or its TLS handshake failed.
+    pub connect_errors: u64,
+    /// Connecting took longer than the connect timeout.
+    pub connect_timeouts: u64,
+    /// The connection closed or carried something that is not HTTP before a response.
+    pub closed: u64,
+    /// No response head within the read timeout.
+    pub response_timeouts: u64,
 }
 
 impl Stats {
@@ -51,6 +70,31 @@ impl Stats {
             decay_ns: (decay.as_nanos() as f64).max(1.0),
             healthy: AtomicBool::new(healthy),
             ejection: Ejection::default(),
+            outcomes: Default::default(),
+        }
+    }
+
+    /// Counts one exchange: `None` for a response, else how it failed.
+    pub(crate) fn count(&self, failure: Option<UpstreamFailure>) {
+        let slot = match failure {
+            None => 0,
+            Some(UpstreamFailure::Connect) => 1,
+            Some(UpstreamFailure::ConnectTimeout) => 2,
+            Some(UpstreamFailure::Closed) => 3,
+            Some(_) => 4,
+        };
+        self.outcomes[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn outcomes(&self) -> ReplicaOutcomes {
+        let [responses, connect_errors, connect_timeouts, closed, response_timeouts] =
+            self.outcomes.each_ref().map(|c| c.load(Ordering::Relaxed));
+        ReplicaOutcomes {
+            responses,
+            connect_errors,
+            connect_timeouts,
+            closed,
+            response_timeouts,
         }
     }
 

@@ -210,6 +210,7 @@ where
                     let now = stats.now();
                     let Some(failure) = response.extensions().get::<UpstreamFailure>().copied()
                     else {
+                        stats.count(None);
                         stats.observe(
                             Duration::from_nanos(now.saturating_sub(attempt.started)),
                             now,
@@ -217,6 +218,7 @@ where
                         stats.ejection.succeed();
                         break response;
                     };
+                    stats.count(Some(failure));
                     let backoff = &attempt.shared.config.backoff;
                     if let Some(period) = stats.ejection.fail(now, backoff) {
                         tracing::warn!(replica = %attempt.endpoint.address, ?failure, ejected_for = ?period, "replica failed: ejected");

@@ -74,6 +74,7 @@ pub use affinity::{Affinity, DEFAULT_AFFINITY_COOKIE};
 pub use body::{BalanceBody, Reclaim};
 pub use discover::{Resolve, Resolving, SystemResolver};
 pub use ejection::EjectionBackoff;
+pub use endpoint::ReplicaOutcomes;
 pub use future::ResponseFuture;
 pub use health::{
     HealthCheck, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_THRESHOLD, DEFAULT_HEALTH_TIMEOUT,

@@ -432,6 +432,8 @@ pub struct ReplicaState {
     pub ejected: bool,
     /// Requests in flight and open streams.
     pub in_flight: u32,
+    /// How its exchanges ended so far.
+    pub outcomes: crate::ReplicaOutcomes,
 }
 
 /// The balancer: replicas, their load and health, and the background tasks that keep them
@@ -482,6 +484,7 @@ fn replicas<B>(shared: &Shared<B>) -> Vec<ReplicaState> {
             healthy: e.stats.is_healthy(),
             ejected: e.stats.ejection.is_ejected(e.stats.now()),
             in_flight: e.stats.pending(),
+            outcomes: e.stats.outcomes(),
         })
         .collect()
 }

@@ -149,8 +149,12 @@ mod tests {
     async fn probes_and_metrics() {
         let up = Arc::new(AtomicBool::new(true));
         let flag = up.clone();
-        let metrics = Metrics::new(UpstreamView::replicas("balanced", move || {
-            vec![("10.0.0.1:8080".to_owned(), flag.load(Ordering::Relaxed))]
+        let metrics = Metrics::new(UpstreamView::replicas(move || {
+            vec![crate::ReplicaSample {
+                label: "10.0.0.1:8080".to_owned(),
+                up: flag.load(Ordering::Relaxed),
+                outcomes: [0; 5],
+            }]
         }));
         let admin = Admin::new(metrics);
         assert_eq!(get(&admin, Method::GET, "/livez").await.0, StatusCode::OK);

@@ -63,21 +63,35 @@ const DURATION_BUCKETS: [f64; 16] = [
     600.0,
 ];
 
-/// Where `kestra_edge_upstream_up` comes from.
+/// Where `kestra_edge_upstream_up` and `kestra_edge_upstream_requests_total` come from.
 pub enum UpstreamView {
-    /// One upstream without health checks: up after an answer, down after a failed exchange.
+    /// One upstream without health checks: up after an answer, down after a failed exchange;
+    /// exchanges counted by this crate's layer.
     Single {
         /// The `upstream` label: the URL as configured.
         label: String,
     },
-    /// Replicas with health checks: each one's current verdict, read when scraped.
+    /// Replicas with health checks: each one's verdict and exchange counts (kept by the
+    /// balancer, which knows which replica served what), read when scraped.
     Replicas {
-        /// The `upstream` label of `kestra_edge_upstream_requests_total` (requests are not
-        /// told which replica served them).
-        label: String,
-        /// Each replica's label and whether it is healthy now.
-        replicas: Box<dyn Fn() -> Vec<(String, bool)> + Send + Sync>,
+        /// Each replica now.
+        replicas: ReplicaSource,
     },
+}
+
+/// Reads the replicas when scraped.
+pub type ReplicaSource = Box<dyn Fn() -> Vec<ReplicaSample> + Send + Sync>;
+
+/// One replica as scraped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSample {
+    /// The `upstream` label (`ip:port`).
+    pub label: String,
+    /// Whether its health checks pass.
+    pub up: bool,
+    /// Its exchanges by outcome: responses, connect errors, connect timeouts, closed,
+    /// response timeouts.
+    pub outcomes: [u64; 5],
 }
 
 impl UpstreamView {
@@ -86,13 +100,9 @@ impl UpstreamView {
         Self::Single { label: url.into() }
     }
 
-    /// Replicas whose health `replicas` reports; requests are counted under `label`.
-    pub fn replicas(
-        label: impl Into<String>,
-        replicas: impl Fn() -> Vec<(String, bool)> + Send + Sync + 'static,
-    ) -> Self {
+    /// Replicas as `replicas` reports them.
+    pub fn replicas(replicas: impl Fn() -> Vec<ReplicaSample> + Send + Sync + 'static) -> Self {
         Self::Replicas {
-            label: label.into(),
             replicas: Box::new(replicas),
         }
     }
@@ -102,10 +112,7 @@ impl fmt::Debug for UpstreamView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Single { label } => f.debug_struct("Single").field("label", label).finish(),
-            Self::Replicas { label, .. } => f
-                .debug_struct("Replicas")
-                .field("label", label)
-                .finish_non_exhaustive(),
+            Self::Replicas { .. } => f.debug_struct("Replicas").finish_non_exhaustive(),
         }
     }
 }
@@ -190,7 +197,7 @@ impl Metrics {
     pub fn any_upstream_up(&self) -> bool {
         match &self.inner.upstreams {
             UpstreamView::Single { .. } => self.inner.single_up.load(Ordering::Relaxed),
-            UpstreamView::Replicas { replicas, .. } => replicas().iter().any(|(_, up)| *up),
+            UpstreamView::Replicas { replicas } => replicas().iter().any(|r| r.up),
         }
     }
 
@@ -240,28 +247,34 @@ impl Metrics {
         );
         let tunnels = inner.tunnels.get().map_or(0, Tunnels::open);
         gauge(TUNNELS_OPEN, Vec::new(), tunnels as f64);
-        let label = match &inner.upstreams {
+        let requests = |label: &str, outcomes: [u64; 5]| {
+            for (outcome, count) in OUTCOMES.iter().zip(outcomes) {
+                counter(
+                    UPSTREAM_REQUESTS,
+                    vec![
+                        Label::new("upstream", label.to_owned()),
+                        Label::new("outcome", *outcome),
+                    ],
+                    count,
+                );
+            }
+        };
+        match &inner.upstreams {
             UpstreamView::Single { label } => {
                 let up = inner.single_up.load(Ordering::Relaxed);
                 gauge(UPSTREAM_UP, up_label(label), f64::from(u8::from(up)));
-                label
+                requests(
+                    label,
+                    inner.outcomes.each_ref().map(|c| c.load(Ordering::Relaxed)),
+                );
             }
-            UpstreamView::Replicas { label, replicas } => {
-                for (replica, up) in replicas() {
-                    gauge(UPSTREAM_UP, up_label(&replica), f64::from(u8::from(up)));
+            UpstreamView::Replicas { replicas } => {
+                for replica in replicas() {
+                    let up = f64::from(u8::from(replica.up));
+                    gauge(UPSTREAM_UP, up_label(&replica.label), up);
+                    requests(&replica.label, replica.outcomes);
                 }
-                label
             }
-        };
-        for (outcome, count) in OUTCOMES.iter().zip(&inner.outcomes) {
-            counter(
-                UPSTREAM_REQUESTS,
-                vec![
-                    Label::new("upstream", label.clone()),
-                    Label::new("outcome", *outcome),
-                ],
-                count.load(Ordering::Relaxed),
-            );
         }
         for ((reason, _), count) in REASONS.iter().zip(&inner.rejections) {
             counter(
@@ -492,15 +505,30 @@ mod tests {
 
     #[test]
     fn replicas_are_read_when_scraped() {
-        let metrics = Metrics::new(UpstreamView::replicas("balanced", || {
+        let metrics = Metrics::new(UpstreamView::replicas(|| {
             vec![
-                ("127.0.0.2:8080".to_owned(), true),
-                ("127.0.0.3:8080".to_owned(), false),
+                ReplicaSample {
+                    label: "127.0.0.2:8080".to_owned(),
+                    up: true,
+                    outcomes: [7, 1, 0, 0, 0],
+                },
+                ReplicaSample {
+                    label: "127.0.0.3:8080".to_owned(),
+                    up: false,
+                    outcomes: [0, 0, 0, 2, 0],
+                },
             ]
         }));
         assert!(metrics.any_upstream_up());
         let text = metrics.render();
         assert!(text.contains("kestra_edge_upstream_up{upstream=\"127.0.0.2:8080\"} 1"));
         assert!(text.contains("kestra_edge_upstream_up{upstream=\"127.0.0.3:8080\"} 0"));
+        for line in [
+            "kestra_edge_upstream_requests_total{upstream=\"127.0.0.2:8080\",outcome=\"response\"} 7",
+            "kestra_edge_upstream_requests_total{upstream=\"127.0.0.2:8080\",outcome=\"connect_error\"} 1",
+            "kestra_edge_upstream_requests_total{upstream=\"127.0.0.3:8080\",outcome=\"closed\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

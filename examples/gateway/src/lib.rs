@@ -18,7 +18,9 @@ use kestra_edge::{
     KestraEdge,
 };
 use kestra_edge_standin::{Standin, StandinConfig};
-use kestra_edge_telemetry::{Admin, Metrics, Telemetry, TelemetryLayer, UpstreamView};
+use kestra_edge_telemetry::{
+    Admin, Metrics, ReplicaSample, Telemetry, TelemetryLayer, UpstreamView,
+};
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tower::Layer;
 use tower_http::compression::{
@@ -385,22 +387,30 @@ async fn serve_on<T: Transport>(
 /// The metrics of a gateway serving `edge`: one upstream's last outcome, or the replicas'
 /// health checks read when scraped.
 fn metrics_for(config: &GatewayConfig, edge: &KestraEdge<hyper::body::Incoming>) -> Metrics {
-    let upstream = &config.upstream;
     if edge.replicas().is_none() {
-        return Metrics::new(UpstreamView::single(upstream.url.clone()));
+        return Metrics::new(UpstreamView::single(config.upstream.url.clone()));
     }
-    let label = std::iter::once(&upstream.url)
-        .chain(&upstream.more)
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(",");
+    // Read at scrape time only; the stack is not `Sync`.
     let edge = std::sync::Mutex::new(edge.clone());
-    Metrics::new(UpstreamView::replicas(label, move || {
+    Metrics::new(UpstreamView::replicas(move || {
         let replicas = edge.lock().ok().and_then(|edge| edge.replicas());
         replicas
             .unwrap_or_default()
             .into_iter()
-            .map(|replica| (replica.address, replica.healthy))
+            .map(|replica| {
+                let o = replica.outcomes;
+                ReplicaSample {
+                    label: replica.address,
+                    up: replica.healthy,
+                    outcomes: [
+                        o.responses,
+                        o.connect_errors,
+                        o.connect_timeouts,
+                        o.closed,
+                        o.response_timeouts,
+                    ],
+                }
+            })
             .collect()
     }))
 }
