@@ -1,16 +1,14 @@
 //! Kestra's own basic-auth credentials, presented upstream on behalf of every signed-in user.
 
-use arc_swap::ArcSwap;
+use base64::Engine as _;
 use http::{
     header::{AUTHORIZATION, COOKIE, SET_COOKIE},
     HeaderMap, HeaderValue,
 };
-use notify::{RecursiveMode, Watcher};
+use kestra_edge_watch::WatchedFile;
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Mutex, Weak},
-    time::Duration,
 };
 
 /// The cookie Kestra's webserver reads first, before `Authorization` (`BasicAuthService.
@@ -27,10 +25,6 @@ pub const FLAG_COOKIE: &str = "kestraBasicAuthenticated";
 const FLAG_SET_COOKIE: &str = "kestraBasicAuthenticated=true; Path=/; SameSite=Strict";
 const FLAG_SET_COOKIE_SECURE: &str =
     "kestraBasicAuthenticated=true; Path=/; SameSite=Strict; Secure";
-
-/// How long a burst of file events must be quiet before the file is read again (an editor
-/// or a Kubernetes Secret update fires several).
-const SETTLE: Duration = Duration::from_millis(50);
 
 /// A credentials file [`KestraCredentials`] could not use.
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +65,7 @@ pub enum CredentialsError {
 /// docs](crate) for what Kestra's source says about both cookies.
 #[derive(Clone)]
 pub struct KestraCredentials {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    path: PathBuf,
-    secret: ArcSwap<Secret>,
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    file: WatchedFile<Secret, CredentialsError>,
 }
 
 /// What is sent upstream, computed once per file content.
@@ -91,7 +79,7 @@ struct Secret {
 impl fmt::Debug for KestraCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KestraCredentials")
-            .field("path", &self.shared.path)
+            .field("path", &self.file.path())
             .finish_non_exhaustive()
     }
 }
@@ -99,89 +87,34 @@ impl fmt::Debug for KestraCredentials {
 impl KestraCredentials {
     /// Reads `path`; an error names the file (start-up must fail on it).
     pub fn load(path: impl Into<PathBuf>) -> Result<Self, CredentialsError> {
-        let path = path.into();
-        let secret = Secret::read(&path)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                path,
-                secret: ArcSwap::from_pointee(secret),
-                watcher: Mutex::new(None),
-            }),
-        })
+        let file = WatchedFile::load(path, "Kestra credentials file", Secret::read)?;
+        Ok(Self { file })
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        self.file.path()
     }
 
     /// Reads the file again: a valid new content is used from the next request on; an
     /// invalid one is refused (`Err`) and the last good credentials stay.
     pub fn reload(&self) -> Result<(), CredentialsError> {
-        let secret = Secret::read(&self.shared.path)?;
-        self.shared.secret.store(Arc::new(secret));
-        Ok(())
+        self.file.reload()
     }
 
     /// Reloads whenever something changes in the file's directory (the directory, so that
     /// atomic renames and Kubernetes Secret symlink swaps are seen), for as long as any clone
     /// of these credentials lives. Calling it again does nothing.
     pub fn watch(&self) -> Result<(), CredentialsError> {
-        let mut slot = self
-            .shared
-            .watcher
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if slot.is_some() {
-            return Ok(());
-        }
-        let path = &self.shared.path;
-        let error = |reason: String| CredentialsError::Watch {
-            path: path.clone(),
-            reason,
-        };
-        let (events, received) = mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = events.send(event);
+        self.file.watch().map_err(|err| CredentialsError::Watch {
+            path: err.path,
+            reason: err.reason,
         })
-        .map_err(|err| error(err.to_string()))?;
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|err| error(err.to_string()))?;
-        // Weak: the thread must not keep the credentials (and with them the watcher) alive.
-        let shared: Weak<Shared> = Arc::downgrade(&self.shared);
-        std::thread::Builder::new()
-            .name("kestra-edge-credentials-watch".to_owned())
-            .spawn(move || {
-                // Ends when the watcher, and with it the sender, is dropped.
-                while received.recv().is_ok() {
-                    while received.recv_timeout(SETTLE).is_ok() {}
-                    let Some(shared) = shared.upgrade() else {
-                        break;
-                    };
-                    match Secret::read(&shared.path) {
-                        Ok(secret) => {
-                            shared.secret.store(Arc::new(secret));
-                            tracing::info!(path = %shared.path.display(), "Kestra credentials reloaded");
-                        }
-                        Err(err) => tracing::error!(
-                            "refused the new Kestra credentials, still using the last good ones: {err}"
-                        ),
-                    }
-                }
-            })
-            .map_err(|err| error(err.to_string()))?;
-        *slot = Some(watcher);
-        Ok(())
     }
 
     /// Presents the credentials upstream; whether the client lacks the flag cookie.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) -> bool {
-        let secret = self.shared.secret.load();
+        let secret = self.file.current();
         headers.insert(AUTHORIZATION, secret.authorization.clone());
         let mut has_flag = false;
         let mut cookies: Vec<u8> = Vec::new();
@@ -308,24 +241,7 @@ impl Secret {
 
 /// Standard base64 with padding (RFC 4648 §4), as Java's `Base64.getEncoder()` writes it.
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

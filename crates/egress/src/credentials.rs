@@ -1,21 +1,14 @@
 //! The proxy's users: `Proxy-Authorization: Basic …` checked against a file of
 //! `user:password` lines, read again when it changes.
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use http::HeaderValue;
-use notify::{RecursiveMode, Watcher};
+use kestra_edge_watch::WatchedFile;
 use sha2::{Digest, Sha256};
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Mutex, Weak},
-    time::Duration,
 };
-
-/// How long a burst of file events must be quiet before the file is read again (an editor
-/// or a Kubernetes Secret update fires several).
-const SETTLE: Duration = Duration::from_millis(50);
 
 /// A credentials file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,19 +45,13 @@ pub enum CredentialsError {
 /// timing nor a memory dump of this struct gives a password away. Never logged.
 #[derive(Clone)]
 pub struct ProxyCredentials {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    path: PathBuf,
-    digests: ArcSwap<Vec<[u8; 32]>>,
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    file: WatchedFile<Vec<[u8; 32]>, CredentialsError>,
 }
 
 impl fmt::Debug for ProxyCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxyCredentials")
-            .field("path", &self.shared.path)
+            .field("path", &self.file.path())
             .finish_non_exhaustive()
     }
 }
@@ -72,86 +59,29 @@ impl fmt::Debug for ProxyCredentials {
 impl ProxyCredentials {
     /// Reads `path`; an error names the file and line (start-up must fail on it).
     pub fn load(path: impl Into<PathBuf>) -> Result<Self, CredentialsError> {
-        let path = path.into();
-        let digests = read(&path)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                path,
-                digests: ArcSwap::from_pointee(digests),
-                watcher: Mutex::new(None),
-            }),
-        })
+        let file = WatchedFile::load(path, "egress credentials file", read)?;
+        Ok(Self { file })
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        self.file.path()
     }
 
     /// Reads the file again (SIGHUP): a valid content is used from the next request on; an
     /// invalid one is refused (`Err`) and the last good users stay.
     pub fn reload(&self) -> Result<(), CredentialsError> {
-        self.shared
-            .digests
-            .store(Arc::new(read(&self.shared.path)?));
-        Ok(())
+        self.file.reload()
     }
 
     /// Reloads whenever something changes in the file's directory (the directory, so that
     /// atomic renames and Kubernetes Secret symlink swaps are seen), for as long as any clone
     /// lives. Calling it again does nothing.
     pub fn watch(&self) -> Result<(), CredentialsError> {
-        let mut slot = self
-            .shared
-            .watcher
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if slot.is_some() {
-            return Ok(());
-        }
-        let path = &self.shared.path;
-        let error = |reason: String| CredentialsError::Watch {
-            path: path.clone(),
-            reason,
-        };
-        let (events, received) = mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = events.send(event);
+        self.file.watch().map_err(|err| CredentialsError::Watch {
+            path: err.path,
+            reason: err.reason,
         })
-        .map_err(|err| error(err.to_string()))?;
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|err| error(err.to_string()))?;
-        // Weak: the thread must not keep the credentials (and with them the watcher) alive.
-        let shared: Weak<Shared> = Arc::downgrade(&self.shared);
-        std::thread::Builder::new()
-            .name("kestra-edge-egress-credentials-watch".to_owned())
-            .spawn(move || {
-                // Ends when the watcher, and with it the sender, is dropped.
-                while received.recv().is_ok() {
-                    while received.recv_timeout(SETTLE).is_ok() {}
-                    let Some(shared) = shared.upgrade() else {
-                        break;
-                    };
-                    match read(&shared.path) {
-                        Ok(digests) => {
-                            let users = digests.len();
-                            shared.digests.store(Arc::new(digests));
-                            tracing::info!(path = %shared.path.display(), users, "egress credentials reloaded");
-                        }
-                        Err(err) => tracing::error!(
-                            "refused the new egress credentials, still using the last good ones: {err}"
-                        ),
-                    }
-                }
-            })
-            .map_err(|err| error(err.to_string()))?;
-        *slot = Some(watcher);
-        Ok(())
     }
 
     /// Whether `Proxy-Authorization` holds `Basic base64(user:password)` of a listed user
@@ -161,7 +91,7 @@ impl ProxyCredentials {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(&presented).into();
-        let digests = self.shared.digests.load();
+        let digests = self.file.current();
         // Every entry is compared, whatever matched, so the time does not say which.
         digests
             .iter()
