@@ -25,6 +25,11 @@ pub(crate) struct HttpRow {
 }
 
 impl HttpRow {
+    /// Requests answered per second.
+    pub(crate) fn requests_per_sec(&self) -> f64 {
+        self.requests_per_sec
+    }
+
     pub(crate) fn new(
         workload: load::Workload,
         target: &'static str,
