@@ -7,7 +7,7 @@
 use futures_util::{SinkExt, StreamExt};
 use kestra_edge_gateway::{Gateway, GatewayConfig};
 use kestra_edge_standin::{Standin, StandinConfig};
-use kestra_edge_tests::{client, closed_port};
+use kestra_edge_tests::{client, closed_port, raw_exchange, raw_status};
 use std::{net::SocketAddr, time::Duration};
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -213,6 +213,22 @@ async fn every_metric_moves() {
     // The proxy refused it before sending, but the balancer cannot tell that answer from
     // the replica's: it counts as a response of the replica it was routed to.
     assert_eq!(sample(&text, &answers), Some(5.0));
+
+    // A head over --max-header-bytes: hyper answers 431 in the accept loop, where no layer
+    // sees it; the server's count does.
+    let huge = format!(
+        "GET /kestra/ping HTTP/1.1\r\nHost: k\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(70 << 10)
+    );
+    let answer = raw_exchange(gateway.addr, huge.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&answer), 431);
+    // Counted when the connection's task ends, just after the client saw it close.
+    gateway
+        .until(
+            "kestra_edge_limit_rejections_total{reason=\"head_too_large\"}",
+            1.0,
+        )
+        .await;
 
     // An SSE stream: open from its head until its body ends.
     let mut stream = http

@@ -160,8 +160,9 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    /// Runs the connection to its end.
-    pub(crate) async fn run(self) {
+    /// Runs the connection to its end; true when it ended on a request head over the limits
+    /// (answered 431 or 414 by hyper).
+    pub(crate) async fn run(self) -> bool {
         let Self {
             transport,
             tcp,
@@ -177,18 +178,18 @@ where
         let deadline = Instant::now() + settings.header_read_timeout;
         let accepted = tokio::select! {
             accepted = tokio::time::timeout_at(deadline, transport.accept(tcp, peer)) => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => return false,
         };
         let accepted = match accepted {
             Ok(Ok(Some(accepted))) => accepted,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return false,
             Ok(Err(err)) => {
                 tracing::debug!(%peer, error = %err, "handshake failed");
-                return;
+                return false;
             }
             Err(_) => {
                 tracing::debug!(%peer, "handshake not done within the header timeout: closed");
-                return;
+                return false;
             }
         };
         let state = Arc::new(ConnState::default());
@@ -210,15 +211,15 @@ where
         match accepted.protocol {
             Protocol::Sniff => {
                 let conn = builders.sniff.serve_connection_with_upgrades(io, service);
-                watch.drive(conn).await;
+                watch.drive(conn).await
             }
             Protocol::Http1 => {
                 let conn = builders.http1.serve_connection(io, service).with_upgrades();
-                watch.drive(conn).await;
+                watch.drive(conn).await
             }
             Protocol::Http2 => {
                 let conn = builders.http2.serve_connection(io, service);
-                watch.drive(conn).await;
+                watch.drive(conn).await
             }
         }
     }
@@ -228,6 +229,9 @@ where
 trait GracefulConnection: Future<Output = Result<(), Self::Error>> {
     type Error: fmt::Display;
     fn graceful_shutdown(self: Pin<&mut Self>);
+    /// Whether the connection ended on a request head over the limits, which hyper answered
+    /// itself (431, or 414 for the request line).
+    fn head_too_large(err: &Self::Error) -> bool;
 }
 
 impl<I, S, E, B> GracefulConnection for auto::UpgradeableConnection<'_, I, S, E>
@@ -244,6 +248,10 @@ where
     fn graceful_shutdown(self: Pin<&mut Self>) {
         auto::UpgradeableConnection::graceful_shutdown(self);
     }
+    fn head_too_large(err: &Self::Error) -> bool {
+        err.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+    }
 }
 
 impl<I, S, B> GracefulConnection for http1::UpgradeableConnection<I, S>
@@ -257,6 +265,9 @@ where
     type Error = hyper::Error;
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+    fn head_too_large(err: &hyper::Error) -> bool {
+        err.is_parse_too_large()
     }
 }
 
@@ -273,6 +284,9 @@ where
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http2::Connection::graceful_shutdown(self);
     }
+    fn head_too_large(err: &hyper::Error) -> bool {
+        err.is_parse_too_large()
+    }
 }
 
 /// Watches a running connection: first-request deadline, idle limit, shutdown.
@@ -285,7 +299,8 @@ struct Watch {
 }
 
 impl Watch {
-    async fn drive<C: GracefulConnection>(mut self, conn: C) {
+    /// Runs `conn` to its end; true when it ended on a request head over the limits.
+    async fn drive<C: GracefulConnection>(mut self, conn: C) -> bool {
         let peer = self.peer;
         tokio::pin!(conn);
         let first = sleep_until(self.deadline);
@@ -321,13 +336,13 @@ impl Watch {
                 }
                 () = &mut abuse_deadline, if abusive => {
                     tracing::debug!(%peer, "abusive connection cut");
-                    return;
+                    return false;
                 }
                 () = &mut first, if waiting_first => {
                     waiting_first = false;
                     if self.state.requests.load(Ordering::Relaxed) == 0 {
                         tracing::debug!(%peer, "no request within the header timeout: closed");
-                        return;
+                        return false;
                     }
                 }
                 _ = self.shutdown.changed(), if !closing => {
@@ -354,7 +369,9 @@ impl Watch {
         };
         if let Err(err) = ended {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
+            return C::head_too_large(&err);
         }
+        false
     }
 }
 

@@ -196,6 +196,7 @@ pub struct Connections {
 struct Counts {
     open: AtomicUsize,
     accepted: AtomicU64,
+    heads_too_large: AtomicU64,
 }
 
 impl Connections {
@@ -207,6 +208,13 @@ impl Connections {
     /// Connections accepted since the server started.
     pub fn accepted(&self) -> u64 {
         self.inner.accepted.load(Ordering::Acquire)
+    }
+
+    /// Connections that ended on a request head over the limits (too many or too large
+    /// header fields, an over-long request line), which hyper answered 431 or 414 before
+    /// any service saw the request.
+    pub fn heads_too_large(&self) -> u64 {
+        self.inner.heads_too_large.load(Ordering::Relaxed)
     }
 
     fn opened(&self) -> OpenGuard {
@@ -324,7 +332,9 @@ impl<T: Transport> Server<T> {
                 shutdown: stopped.clone(),
             };
             tasks.spawn(async move {
-                connection.run().await;
+                if connection.run().await {
+                    guard.0.heads_too_large.fetch_add(1, Ordering::Relaxed);
+                }
                 drop(guard);
             });
         }

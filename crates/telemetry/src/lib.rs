@@ -31,7 +31,7 @@
 //! | `kestra_edge_tunnels_open` | gauge | upgrade tunnels (WebSocket) open, read from the stack's [`Tunnels`] when scraped |
 //! | `kestra_edge_upstream_up` | gauge | `upstream`: 1 or 0 per replica from its health checks; one upstream without checks: 0 after a failed exchange, 1 after an answer |
 //! | `kestra_edge_upstream_requests_total` | counter | `upstream` (the URL, or each replica's `ip:port`), `outcome`: `response`, `connect_error`, `connect_timeout`, `closed`, `response_timeout`; with replicas, each attempt of a retried request counts on its replica |
-//! | `kestra_edge_limit_rejections_total` | counter | `reason`: `body_timeout` (408), `body_too_large` (413), `uri_too_long` (414), `too_many_requests` (429), `headers_too_large` (431), `no_healthy_upstream` (503 with `Retry-After`), `sse_streams_per_client` (429) and `sse_streams` (503) from the SSE guard's stream caps |
+//! | `kestra_edge_limit_rejections_total` | counter | `reason`: `body_timeout` (408), `body_too_large` (413), `uri_too_long` (414), `too_many_requests` (429), `headers_too_large` (431), `no_healthy_upstream` (503 with `Retry-After`), `sse_streams_per_client` (429) and `sse_streams` (503) from the SSE guard's stream caps; `head_too_large`: heads over the accept loop's limits that hyper answered 431 or 414 itself, read from the server's [`Connections`](kestra_edge_server::Connections) |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | | from `/proc/self` (Linux) |
 //!
 //! Label values come from fixed sets or from the configuration, never from a request: no

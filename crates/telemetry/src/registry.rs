@@ -3,6 +3,7 @@
 
 use http::{HeaderMap, Method, StatusCode};
 use kestra_edge_proxy::UpstreamFailure;
+use kestra_edge_server::Connections;
 use kestra_edge_sse::StreamCapExceeded;
 use kestra_edge_upgrade::Tunnels;
 use metrics::{Histogram, Key, Label, Level, Metadata, Recorder, Unit};
@@ -137,6 +138,7 @@ pub(crate) struct Inner {
     single_up: AtomicBool,
     upstreams: UpstreamView,
     tunnels: OnceLock<Tunnels>,
+    connections: OnceLock<Connections>,
 }
 
 impl fmt::Debug for Metrics {
@@ -182,6 +184,7 @@ impl Metrics {
                 single_up: AtomicBool::new(true),
                 upstreams,
                 tunnels: OnceLock::new(),
+                connections: OnceLock::new(),
             }),
         }
     }
@@ -190,6 +193,14 @@ impl Metrics {
     /// The first call wins.
     pub fn tunnels(&self, tunnels: Tunnels) -> &Self {
         let _ = self.inner.tunnels.set(tunnels);
+        self
+    }
+
+    /// Reads the requests the accept loop refused for a head over the limits (hyper's own
+    /// 431 and 414, which no layer sees) from `connections` when scraped, as
+    /// `kestra_edge_limit_rejections_total{reason="head_too_large"}`. The first call wins.
+    pub fn connections(&self, connections: Connections) -> &Self {
+        let _ = self.inner.connections.set(connections);
         self
     }
 
@@ -281,6 +292,13 @@ impl Metrics {
                 REJECTIONS,
                 vec![Label::new("reason", *reason)],
                 count.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(connections) = inner.connections.get() {
+            counter(
+                REJECTIONS,
+                vec![Label::new("reason", "head_too_large")],
+                connections.heads_too_large(),
             );
         }
         let mut text = recorder.handle().render();

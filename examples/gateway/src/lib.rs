@@ -181,6 +181,9 @@ impl Gateway {
             .h2_max_concurrent_streams(listen.h2_max_streams)
             .shutdown_grace(listen.shutdown_grace);
         let local = server.local_addr();
+        if let Some(admin) = &admin {
+            admin.metrics.connections(server.connections());
+        }
         let listener = match store {
             None => Listener::Plain(server),
             Some(store) => {
