@@ -8,6 +8,7 @@
 //! - the codec never reads a complete message where hyper fails;
 //! - where hyper reads a message the codec refuses, the refusal is one of the documented
 //!   stricter rules (see `STRICTER`), never anything else.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
