@@ -127,6 +127,7 @@ mod tests {
     /// variables set here are never seen by another egress test.
     #[test]
     fn egress_flags_work_from_the_command_line_the_environment_and_the_file() {
+        let _env = crate::config::env_lock();
         let c = parse(&[]);
         assert_eq!(c.egress.listen, None);
         assert!(c.egress.allow.is_empty());
@@ -229,6 +230,7 @@ mod tests {
 
     #[test]
     fn the_forward_proxy_takes_the_shared_tunnel_and_connect_limits_and_checks_its_settings() {
+        let _env = crate::config::env_lock();
         let c = parse(&[
             "--egress-listen",
             "127.0.0.1:0",

@@ -270,6 +270,15 @@ impl GatewayConfig {
     }
 }
 
+/// Every test that parses arguments reads the whole environment (clap reads each flag's
+/// variable), so the tests that set variables and those that parse run one at a time.
+#[cfg(test)]
+pub(crate) fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +308,7 @@ mod tests {
 
     #[test]
     fn tls_and_http2_flags_are_parsed() {
+        let _env = crate::config::env_lock();
         let c = parse(&[
             "--tls-cert",
             "/etc/tls/tls.crt",
@@ -344,6 +354,7 @@ mod tests {
 
     #[test]
     fn tls_settings_that_cannot_go_together_are_refused() {
+        let _env = crate::config::env_lock();
         for (args, message) in [
             (&["--tls-cert", "a.crt"][..], "--tls-cert needs --tls-key"),
             (&["--tls-key", "a.key"][..], "--tls-key needs --tls-cert"),
@@ -365,6 +376,7 @@ mod tests {
 
     #[test]
     fn the_file_sets_every_concern_and_flags_beat_it() {
+        let _env = crate::config::env_lock();
         let c = with_file(
             r#"
                 tls_cert = "/f/tls.crt"
@@ -401,6 +413,7 @@ mod tests {
 
     #[test]
     fn a_misspelt_file_key_is_refused_by_name() {
+        let _env = crate::config::env_lock();
         let err = with_file("tls_certificate = \"x\"\nread_timeout = \"1s\"", &[]).unwrap_err();
         assert!(matches!(err, ConfigError::UnknownKeys { .. }), "{err}");
         assert!(err.to_string().contains("tls_certificate"), "{err}");
@@ -411,6 +424,7 @@ mod tests {
     /// and the README's flag table names it with its variable.
     #[test]
     fn every_flag_has_a_variable_a_file_key_and_a_readme_row() {
+        let _env = crate::config::env_lock();
         let readme = include_str!("../../../../README.md");
         let command = Args::command();
         let mut checked = 0;
@@ -446,6 +460,7 @@ mod tests {
 
     #[test]
     fn balance_flags_work_from_the_command_line_the_environment_and_the_file() {
+        let _env = crate::config::env_lock();
         let c = parse(&[]);
         assert_eq!(c.upstream.url, "http://127.0.0.1:8080");
         assert!(c.upstream.more.is_empty());
@@ -582,6 +597,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_nginx_block() {
+        let _env = crate::config::env_lock();
         let c = parse(&[]);
         assert_eq!(c.listener.listen.to_string(), "127.0.0.1:8000");
         assert_eq!(c.upstream.url, "http://127.0.0.1:8080");
@@ -601,6 +617,7 @@ mod tests {
 
     #[test]
     fn sizes_take_units() {
+        let _env = crate::config::env_lock();
         let c = parse(&[
             "--max-body",
             "1MiB",
@@ -632,6 +649,7 @@ mod tests {
 
     #[test]
     fn flags_are_parsed() {
+        let _env = crate::config::env_lock();
         let c = parse(&[
             "--context-path",
             "/kestra",
@@ -674,6 +692,7 @@ mod tests {
 
     #[test]
     fn forward_auth_flags_work_from_the_command_line_the_environment_and_the_file() {
+        let _env = crate::config::env_lock();
         let c = parse(&[]);
         assert_eq!(c.auth.url, None);
         assert!(!c.auth.layer(None).unwrap().is_enabled());

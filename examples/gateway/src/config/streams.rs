@@ -135,6 +135,7 @@ mod tests {
 
     #[test]
     fn stream_caps_from_the_command_line_the_file_and_the_environment() {
+        let _env = crate::config::env_lock();
         let c = parse(&[]);
         assert_eq!(c.streams.sse_max_streams_per_client, 64);
         assert_eq!(c.streams.sse_max_streams, None);

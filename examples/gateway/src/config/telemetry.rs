@@ -50,6 +50,7 @@ mod tests {
 
     #[test]
     fn the_admin_listener_is_off_unless_asked_for() {
+        let _env = crate::config::env_lock();
         let c = GatewayConfig::from_args(Args::try_parse_from(["kestra-edge"]).unwrap()).unwrap();
         assert_eq!(c.telemetry.admin_listen, None);
         let args = Args::try_parse_from(["kestra-edge", "--admin-listen", "127.0.0.1:9100"]);
@@ -71,6 +72,7 @@ mod tests {
 
     #[test]
     fn the_admin_listener_from_the_file_and_the_environment() {
+        let _env = crate::config::env_lock();
         let path =
             std::env::temp_dir().join(format!("kestra-edge-telemetry-{}.toml", std::process::id()));
         std::fs::write(
