@@ -449,14 +449,14 @@ where
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let upgrade = parts.extensions.get::<UpgradeProtocol>().cloned();
+        remove_hop_by_hop(&mut parts.headers);
+        if let Some(host) = host {
+            parts.headers.insert(HOST, host);
+        }
         if let (Some(own), None, true) = (&self.own, &upgrade, body.is_end_stream()) {
             // The hot path: a bodiless request to a plain upstream, on the own HTTP/1.1
             // client. The origin-form target is all it needs; no URI is rebuilt.
             if path_and_query.as_str().starts_with('/') {
-                remove_hop_by_hop(&mut parts.headers);
-                if let Some(host) = host {
-                    parts.headers.insert(HOST, host);
-                }
                 let head = write_request_head(
                     &parts.method,
                     path_and_query.as_str(),
@@ -490,10 +490,6 @@ where
         };
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        remove_hop_by_hop(&mut parts.headers);
-        if let Some(host) = host {
-            parts.headers.insert(HOST, host);
-        }
         if let Some(UpgradeProtocol(protocol)) = &upgrade {
             // RFC 9110 §7.8: the only hop-by-hop fields that go on, put back after removal.
             parts
