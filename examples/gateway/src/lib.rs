@@ -3,6 +3,7 @@
 //! [`Gateway`] in-process.
 
 pub mod config;
+pub mod doctor;
 mod egress;
 
 #[cfg(unix)]

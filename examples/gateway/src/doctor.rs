@@ -1,0 +1,1 @@
+//! `kestra-edge doctor`.
