@@ -159,11 +159,6 @@ struct Kubernetes {
     files: BTreeMap<String, String>,
 }
 
-/// What the checks established, for the live part.
-struct Checked {
-    config: GatewayConfig,
-}
-
 impl Kubernetes {
     fn load() -> Self {
         let dir = root().join(KUBERNETES);
@@ -196,7 +191,8 @@ impl Kubernetes {
         document(name, text)
     }
 
-    fn check(&self) -> (Problems, Option<Checked>) {
+    /// The problems, and the parsed kestra-edge settings when they could be parsed.
+    fn check(&self) -> (Problems, Option<GatewayConfig>) {
         let mut p = Problems::default();
         let configmap = self.doc("configmap.yaml");
         let deployment = self.doc("deployment.yaml");
@@ -295,13 +291,17 @@ impl Kubernetes {
             Some((volume, file))
                 if volume["configMap"]["name"].as_str() == Some(configmap_name) =>
             {
-                // With `items`, the file is the item's path and the content its key's.
-                let key = list(&volume["configMap"]["items"])
-                    .iter()
-                    .find(|item| item["path"].as_str() == Some(file.as_str()))
-                    .and_then(|item| string(&item["key"]))
-                    .unwrap_or(file);
-                data.get(&key).cloned()
+                // With `items`, only the listed keys are there, each at its item's path.
+                let items = list(&volume["configMap"]["items"]);
+                let key = if items.is_empty() {
+                    Some(file)
+                } else {
+                    items
+                        .iter()
+                        .find(|item| item["path"].as_str() == Some(file.as_str()))
+                        .and_then(|item| string(&item["key"]))
+                };
+                key.and_then(|key| data.get(&key).cloned())
             }
             _ => None,
         };
@@ -471,13 +471,13 @@ impl Kubernetes {
         p.check(hs["clusterIP"].as_str() == Some("None"), || {
             "kestra-webserver-headless.yaml: clusterIP is not None (not headless)".to_owned()
         });
+        // The name resolves to the pods' own addresses: kestra-edge connects to the pods' ports
+        // (targetPort), never to the Service's `port`.
         let headless_ports: BTreeMap<String, u16> = list(&hs["ports"])
             .iter()
             .filter_map(|port| {
-                Some((
-                    string(&port["name"])?,
-                    u16::try_from(port["port"].as_i64()?).ok()?,
-                ))
+                let target = port["targetPort"].as_i64().or(port["port"].as_i64())?;
+                Some((string(&port["name"])?, u16::try_from(target).ok()?))
             })
             .collect();
         let names = [
@@ -518,7 +518,7 @@ impl Kubernetes {
             config.balance.health_path.as_deref() == Some("/health/readiness"),
             || "configmap.yaml: health_path is not Kestra's /health/readiness".to_owned(),
         );
-        (p, Some(Checked { config }))
+        (p, Some(config))
     }
 }
 
@@ -535,7 +535,7 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
 async fn the_kubernetes_example_agrees_with_the_binary() {
     let (problems, checked) = Kubernetes::load().check();
     problems.assert_none();
-    let mut config = checked.unwrap().config;
+    let mut config = checked.unwrap();
     assert!(config.prefix.context_path.is_some());
 
     // The parsed config, started for real: the addresses moved to loopback, the headless
@@ -894,8 +894,8 @@ fn a_broken_example_fails_the_checks() {
         ),
         (
             "kestra-webserver-headless.yaml",
-            "port: 8081",
-            "port: 8082",
+            "targetPort: 8081",
+            "targetPort: 8082",
             "health_port",
         ),
         (
