@@ -104,7 +104,7 @@ impl Replicas {
 /// The gateway serving in the background, with a live view of its replicas.
 struct Running {
     addr: SocketAddr,
-    edge: kestra_edge::KestraEdge<hyper::body::Incoming>,
+    edge: kestra_edge::KestraEdge<kestra_edge_gateway::GatewayBody>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }

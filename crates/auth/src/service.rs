@@ -9,7 +9,7 @@ use crate::{
 };
 use bytes::Bytes;
 use http::{
-    header::{CONTENT_TYPE, SET_COOKIE},
+    header::SET_COOKIE,
     HeaderName, HeaderValue, Request, Response, StatusCode,
 };
 use pin_project_lite::pin_project;
@@ -235,10 +235,7 @@ impl<S, B, F, ResBody> ResponseFuture<S, B, F, ResBody> {
 fn message<ResBody: MessageBody>(status: StatusCode, text: &'static str) -> Response<ResBody> {
     let mut response = Response::new(ResBody::message(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    kestra_edge_headers::mark_gateway_answer(&mut response);
     response
 }
 

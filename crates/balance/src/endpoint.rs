@@ -166,6 +166,8 @@ impl Drop for InFlight {
 pub(crate) struct Endpoint<B> {
     /// `ip:port` (or `host:port` for an https name that is not split into addresses).
     pub(crate) address: String,
+    /// `address`, shared, for the answers' extensions.
+    pub(crate) served_by: kestra_edge_proxy::ServedBy,
     /// Which configured `--upstream` it came from.
     pub(crate) source: usize,
     /// The affinity cookie's value: a keyed hash of `address`.

@@ -8,7 +8,7 @@ use crate::{
     BalanceBody,
 };
 use http::{
-    header::{CONTENT_TYPE, RETRY_AFTER, SET_COOKIE},
+    header::{RETRY_AFTER, SET_COOKIE},
     request::Parts,
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -181,10 +181,7 @@ impl<B> ResponseFuture<B> {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         let headers = response.headers_mut();
         headers.insert(RETRY_AFTER, retry_after.clone());
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        kestra_edge_headers::mark_gateway_answer(&mut response);
         Self {
             kind: Kind::Answer {
                 response: Some(response),
@@ -277,6 +274,9 @@ where
             if let Some(in_flight) = self.in_flight.take() {
                 parts.extensions.insert(TunnelGuard::new(in_flight));
             }
+        }
+        if self.shared.config.report_replica {
+            parts.extensions.insert(self.endpoint.served_by.clone());
         }
         let load = self.in_flight.take().map(|in_flight| Load {
             in_flight,

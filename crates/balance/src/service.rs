@@ -89,6 +89,7 @@ pub struct BalanceBuilder {
     default_rtt: Duration,
     decay: Duration,
     probe_timeout: Duration,
+    report_replica: bool,
 }
 
 impl fmt::Debug for BalanceBuilder {
@@ -126,6 +127,7 @@ impl BalanceBuilder {
             default_rtt: Duration::from_millis(10),
             decay: Duration::from_secs(10),
             probe_timeout: health::DEFAULT_HEALTH_TIMEOUT,
+            report_replica: false,
         }
     }
 
@@ -173,6 +175,13 @@ impl BalanceBuilder {
     /// up to 30 s while it keeps failing).
     pub fn ejection(mut self, backoff: EjectionBackoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Puts a [`ServedBy`](kestra_edge_proxy::ServedBy) naming the replica on every answer
+    /// that came from one (off by default: an allocation per request), for an access log.
+    pub fn report_replica(mut self, on: bool) -> Self {
+        self.report_replica = on;
         self
     }
 
@@ -250,6 +259,7 @@ impl BalanceBuilder {
             default_rtt: self.default_rtt,
             decay: self.decay,
             probe_timeout: self.probe_timeout,
+            report_replica: self.report_replica,
             retry_after: HeaderValue::from(retry_after),
             epoch: Instant::now(),
         };
@@ -306,6 +316,7 @@ pub(crate) struct Config {
     default_rtt: Duration,
     decay: Duration,
     probe_timeout: Duration,
+    pub(crate) report_replica: bool,
     pub(crate) retry_after: HeaderValue,
     epoch: Instant,
 }
@@ -350,6 +361,7 @@ impl Config {
                 self.decay,
                 self.health.is_none(),
             )),
+            served_by: kestra_edge_proxy::ServedBy(address.as_str().into()),
             address,
             source,
             affinity_id,

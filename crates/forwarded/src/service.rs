@@ -10,15 +10,17 @@ use http::{
 use ipnet::IpNet;
 use kestra_edge_headers::{list_items, plain_text, remove_hop_by_hop};
 use kestra_edge_server::{PeerAddr, TlsConnection};
+use pin_project_lite::pin_project;
 use std::{
-    future::{ready, Ready},
+    future::{ready, Future, Ready},
     net::{IpAddr, SocketAddr},
     ops::Range,
+    pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 use tower::{Layer, Service};
 
@@ -111,7 +113,7 @@ pub struct ForwardedLayerBuilder {
 }
 
 /// A request extension: the client's address as a trusted peer reported it, for the layers
-/// inside that limit or log per client. Added only when
+/// inside that limit or log per client; also put on the response, for the layers outside. Added only when
 /// [`ForwardedLayerBuilder::client_addr_extension`] asks for it, and only when the client
 /// is not the peer itself, so that the common case costs no allocation: read it with
 /// [`client_addr`].
@@ -289,8 +291,42 @@ pub struct Forwarded<S> {
     config: Arc<Config>,
 }
 
-/// Response future of [`Forwarded`]: the inner service's, or an immediate 400.
-pub type ResponseFuture<F, T, E> = Either<F, Ready<Result<T, E>>>;
+pin_project! {
+    /// Response future of [`Forwarded`]: the inner service's, or an immediate 400. With
+    /// [`ForwardedLayerBuilder::client_addr_extension`], a [`ClientAddr`] that went on the
+    /// request goes on its response too, for an outer layer (an access log) to read.
+    pub struct ResponseFuture<F, T, E> {
+        #[pin]
+        inner: Either<F, Ready<Result<T, E>>>,
+        client: Option<IpAddr>,
+    }
+}
+
+impl<F, T, E> ResponseFuture<F, T, E> {
+    fn answer(response: T) -> Self {
+        Self {
+            inner: Either::Right(ready(Ok(response))),
+            client: None,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, Response<B>, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(client)) = (&mut result, this.client.take()) {
+            response.extensions_mut().insert(ClientAddr(client));
+        }
+        Poll::Ready(result)
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Forwarded<S>
 where
@@ -308,8 +344,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let Ok(host) = effective_host(&mut req) else {
-            let response = plain_text(StatusCode::BAD_REQUEST, "invalid host\n");
-            return Either::Right(ready(Ok(response)));
+            return ResponseFuture::answer(plain_text(StatusCode::BAD_REQUEST, "invalid host\n"));
         };
         let peer = peer_addr(&req);
         if peer.is_none() && !self.config.warned_no_peer.swap(true, Ordering::Relaxed) {
@@ -330,7 +365,10 @@ where
         if let Some(client) = client {
             req.extensions_mut().insert(ClientAddr(client));
         }
-        Either::Left(self.inner.call(req))
+        ResponseFuture {
+            inner: Either::Left(self.inner.call(req)),
+            client,
+        }
     }
 }
 

@@ -132,15 +132,27 @@ pub fn is_event_stream_media_type(value: &[u8]) -> bool {
 }
 
 /// The gateway's own short answer: `status` with `text` as a `text/plain` body. `text`
-/// names the failure class only, never an internal address.
+/// names the failure class only, never an internal address. Marked as a [`GatewayAnswer`].
 pub fn plain_text<B: From<&'static str>>(status: StatusCode, text: &'static str) -> Response<B> {
     let mut response = Response::new(B::from(text));
     *response.status_mut() = status;
+    mark_gateway_answer(&mut response);
+    response
+}
+
+/// A response extension on the gateway's own answers (400, 404, 413, 502, 504 …, never an
+/// upstream's): an outer layer may add the request id to their `text/plain` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayAnswer;
+
+/// Sets `Content-Type: text/plain; charset=utf-8` on one of the gateway's own answers and
+/// marks it as a [`GatewayAnswer`]; every layer's own answers go through here.
+pub fn mark_gateway_answer<B>(response: &mut Response<B>) {
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    response
+    response.extensions_mut().insert(GatewayAnswer);
 }
 
 /// Returns whether the list field `name` holds `token`, compared ASCII case-insensitively.

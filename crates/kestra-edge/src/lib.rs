@@ -183,6 +183,10 @@ pub struct KestraEdgeBuilder {
     context_path: Option<(String, PrefixMode)>,
     auth: ForwardAuthLayer,
     request_ids: Option<EdgeRequestIds>,
+    /// The SSE guard limits per client: it needs the resolved client.
+    per_client: bool,
+    /// An access log outside the stack reads the client and the replica off the responses.
+    report: bool,
 }
 
 impl KestraEdgeBuilder {
@@ -304,9 +308,22 @@ impl KestraEdgeBuilder {
     /// client is the one the forwarded layer resolves, trusted proxies considered.
     pub fn sse_max_streams_per_client(mut self, max: Option<u32>) -> Self {
         self.sse = self.sse.max_streams_per_client(max);
+        self.per_client = max.is_some_and(|m| m > 0);
         self.forwarded = self
             .forwarded
-            .client_addr_extension(max.is_some_and(|m| m > 0));
+            .client_addr_extension(self.per_client || self.report);
+        self
+    }
+
+    /// Puts on every response what an access log around the stack (kestra-edge-telemetry's
+    /// `TelemetryLayer::access_log`) reports: the client a trusted proxy reported
+    /// ([`forwarded::ClientAddr`]) and the replica that answered ([`proxy::ServedBy`]). Off
+    /// by default: it costs an allocation on the requests it concerns.
+    pub fn report_to_access_log(mut self, on: bool) -> Self {
+        self.report = on;
+        self.forwarded = self
+            .forwarded
+            .client_addr_extension(self.per_client || self.report);
         self
     }
 
@@ -405,14 +422,19 @@ impl KestraEdgeBuilder {
             return (0..workers).map(|_| self.clone().build()).collect();
         }
         let settings = self.settings.clone();
-        let mut balance = self.balance.clone().workers(workers).proxy(move |url| {
-            settings
-                .0
-                .iter()
-                .fold(ReverseProxyBuilder::new(url), |builder, setting| {
-                    setting(builder)
-                })
-        });
+        let mut balance = self
+            .balance
+            .clone()
+            .workers(workers)
+            .report_replica(self.report)
+            .proxy(move |url| {
+                settings
+                    .0
+                    .iter()
+                    .fold(ReverseProxyBuilder::new(url), |builder, setting| {
+                        setting(builder)
+                    })
+            });
         if let Some(affinity) = balance.affinity_settings().cloned() {
             // Keep mode: the browser's path is the context path. Strip mode: the prefix layer
             // maps the upstream's cookie paths back under the prefix, so `/` becomes it.
@@ -555,6 +577,8 @@ impl KestraEdge<()> {
             context_path: None,
             auth: ForwardAuthLayer::disabled(),
             request_ids: None,
+            per_client: false,
+            report: false,
         }
     }
 }

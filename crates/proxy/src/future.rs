@@ -6,7 +6,7 @@ use crate::{
     h1::exchange::Exchange,
     ProxyBody,
 };
-use http::{header::CONTENT_TYPE, HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use hyper_util::client::legacy;
 use kestra_edge_headers::{is_event_stream, remove_hop_by_hop};
 use pin_project_lite::pin_project;
@@ -291,9 +291,6 @@ pub struct EventStreamReadTimeout(pub Option<Duration>);
 fn plain_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::message(format!("{text}\n")));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    kestra_edge_headers::mark_gateway_answer(&mut response);
     response
 }

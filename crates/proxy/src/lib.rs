@@ -76,7 +76,7 @@ mod service;
 mod tls;
 
 pub use body::{BodyTimeout, BodyTooLarge, ProxyBody, RequestBody};
-pub use error::{BodyError, ProxyError, UpstreamFailure, UpstreamTlsError, UpstreamTlsReason};
+pub use error::{BodyError, ProxyError, ServedBy, UpstreamFailure, UpstreamTlsError, UpstreamTlsReason};
 pub use future::{EventStreamReadTimeout, ResponseFuture};
 pub use service::{
     BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_BODY_TIMEOUT,

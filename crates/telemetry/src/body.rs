@@ -1,6 +1,10 @@
-//! The response body: an event stream counts as open until its body ends.
+//! The response body: an event stream counts as open until its body ends; the access-log
+//! line is written at its end.
 
-use crate::registry::Inner;
+use crate::{
+    logging::{self, Extra},
+    registry::Inner,
+};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
@@ -12,16 +16,18 @@ use std::{
 pin_project! {
     /// The body of [`Telemetry`](crate::Telemetry)'s responses: the inner body, frame by
     /// frame; for an event stream, it holds the stream's place in
-    /// `kestra_edge_sse_streams_open` until it ends or is dropped.
+    /// `kestra_edge_sse_streams_open` until it ends or is dropped; with an access log, its
+    /// line is written then; one of the gateway's own answers ends with its request id.
     pub struct TelemetryBody<B> {
         #[pin]
         inner: B,
         open: Option<OpenStream>,
+        extra: Option<Box<Extra>>,
     }
 }
 
 /// One open event stream; closed when dropped.
-struct OpenStream(Arc<Inner>);
+pub(crate) struct OpenStream(pub(crate) Arc<Inner>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -30,19 +36,16 @@ impl Drop for OpenStream {
 }
 
 impl<B> TelemetryBody<B> {
-    pub(crate) fn plain(inner: B) -> Self {
-        Self { inner, open: None }
-    }
-
-    pub(crate) fn event_stream(inner: B, metrics: Arc<Inner>) -> Self {
-        Self {
-            inner,
-            open: Some(OpenStream(metrics)),
-        }
+    pub(crate) fn new(inner: B, open: Option<OpenStream>, extra: Option<Box<Extra>>) -> Self {
+        Self { inner, open, extra }
     }
 }
 
-impl<B: Body> Body for TelemetryBody<B> {
+impl<B> Body for TelemetryBody<B>
+where
+    B: Body,
+    B::Data: From<bytes::Bytes>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -52,7 +55,10 @@ impl<B: Body> Body for TelemetryBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let frame = match this.extra.as_deref_mut() {
+            Some(extra) => ready!(logging::poll_frame_extra(this.inner, extra, cx)),
+            None => ready!(this.inner.poll_frame(cx)),
+        };
         // The end, or an error that ends it: the stream is closed now, not when the
         // connection gets round to dropping the body.
         if !matches!(frame, Some(Ok(_))) {
@@ -63,11 +69,17 @@ impl<B: Body> Body for TelemetryBody<B> {
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.extra {
+            Some(extra) => logging::is_end_stream_extra(&self.inner, extra),
+            None => self.inner.is_end_stream(),
+        }
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.extra {
+            Some(extra) => logging::size_hint_extra(&self.inner, extra),
+            None => self.inner.size_hint(),
+        }
     }
 }

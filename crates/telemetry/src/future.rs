@@ -1,6 +1,12 @@
-//! The response future: counts the head when it arrives.
+//! The response future: counts the head when it arrives, and readies the access-log line.
 
-use crate::{registry::Inner, TelemetryBody};
+use crate::{
+    body::OpenStream,
+    logging::{self, Extra, Pending, TunnelLine},
+    registry::Inner,
+    TelemetryBody,
+};
+use http::{header::UPGRADE, Method};
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
@@ -16,6 +22,7 @@ pin_project! {
         #[pin]
         inner: F,
         counting: Option<Counting>,
+        line: Option<Line>,
     }
 }
 
@@ -26,42 +33,86 @@ pub(crate) struct Counting {
     pub(crate) started: Instant,
 }
 
+/// The access-log line of a request, and its tunnel's when it may open one.
+pub(crate) struct Line {
+    pub(crate) pending: Option<Box<Pending>>,
+    pub(crate) tunnel: Option<Arc<TunnelLine>>,
+    pub(crate) method: Method,
+}
+
 impl<F> ResponseFuture<F> {
-    /// `counting` is `None` when the layer is off (or the head was counted).
-    pub(crate) fn new(inner: F, counting: Option<Counting>) -> Self {
-        Self { inner, counting }
+    /// `counting` is `None` when the layer counts nothing, `line` without an access log.
+    pub(crate) fn new(inner: F, counting: Option<Counting>, line: Option<Line>) -> Self {
+        Self {
+            inner,
+            counting,
+            line,
+        }
     }
 }
 
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
+    B: http_body::Body,
 {
     type Output = Result<http::Response<TelemetryBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let Some(Counting {
+        let mut open = None;
+        let mut event_stream = false;
+        if let Some(Counting {
             metrics,
             method,
             started,
         }) = this.counting.take()
-        else {
-            return Poll::Ready(Ok(response.map(TelemetryBody::plain)));
-        };
-        let seconds = started.elapsed().as_secs_f64();
-        let stream = metrics.record_head(
-            method,
-            response.status(),
-            response.headers(),
-            response.extensions(),
-            seconds,
-        );
-        Poll::Ready(Ok(if stream {
-            response.map(|body| TelemetryBody::event_stream(body, metrics))
-        } else {
-            response.map(TelemetryBody::plain)
-        }))
+        {
+            let seconds = started.elapsed().as_secs_f64();
+            event_stream = metrics.record_head(
+                method,
+                response.status(),
+                response.headers(),
+                response.extensions(),
+                seconds,
+            );
+            if event_stream {
+                open = Some(OpenStream(metrics));
+            }
+        }
+        let mut line = None;
+        let mut head_request = false;
+        if let Some(mut taken) = this.line.take() {
+            if let Some(mut pending) = taken.pending.take() {
+                let event_stream =
+                    event_stream || kestra_edge_headers::is_event_stream(response.headers());
+                pending.head(&response, event_stream);
+                head_request = taken.method == Method::HEAD;
+                match taken.tunnel.take() {
+                    Some(tunnel) if logging::opens_tunnel(&taken.method, &response) => {
+                        // Written when the tunnel ends: the upgrade layer holds the other end.
+                        tunnel.opened(pending, response.headers().get(UPGRADE));
+                    }
+                    _ => line = Some(*pending),
+                }
+            }
+        }
+        let mut extra = Extra::new(line, &response);
+        if let Some(extra) = extra.as_deref_mut() {
+            extra.at_head(head_request, response.body().is_end_stream());
+        }
+        Poll::Ready(Ok(
+            response.map(|body| TelemetryBody::new(body, open, extra))
+        ))
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        // Dropped before the head arrived: the client went away first (nginx's 499).
+        if let Some(pending) = self.pending.take() {
+            pending.write_unanswered();
+        }
     }
 }

@@ -1,22 +1,33 @@
 //! The layer and its service.
 
 use crate::{
-    future::{Counting, ResponseFuture},
+    future::{Counting, Line, ResponseFuture},
+    logging::{self, CountedBody, Logging, Pending, TunnelLine},
     registry::method_index,
-    Metrics,
+    AccessLog, Metrics,
 };
 use http::Request;
+use http_body::Body;
+use kestra_edge_upgrade::ObserveTunnel;
 use std::{
+    sync::{atomic::AtomicU64, Arc},
     task::{Context, Poll},
     time::Instant,
 };
 use tower::{Layer, Service};
 
-/// Counts every request of the service it wraps into [`Metrics`]; put it outermost, so that
-/// every answer, the gateway's own included, is seen.
+/// Counts every request of the service it wraps into [`Metrics`] and writes its line to an
+/// [`AccessLog`]; put it outermost, so that every answer, the gateway's own included, is
+/// seen.
+///
+/// Whatever is on, it adds the request id (the response's `X-Request-Id`, set by the request
+/// id layers inside) to the body of the gateway's own answers (those marked
+/// [`GatewayAnswer`](kestra_edge_headers::GatewayAnswer): 400, 404, 413, 502, 504 …), so
+/// that a user can quote it.
 #[derive(Debug, Clone)]
 pub struct TelemetryLayer {
     metrics: Option<Metrics>,
+    log: Option<Logging>,
 }
 
 impl TelemetryLayer {
@@ -24,13 +35,35 @@ impl TelemetryLayer {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             metrics: Some(metrics),
+            log: None,
         }
     }
 
-    /// A layer that counts nothing: its service only passes requests and bodies through,
-    /// without reading the clock.
+    /// A layer that counts nothing and logs nothing: its service only passes requests and
+    /// bodies through, without reading the clock.
     pub fn disabled() -> Self {
-        Self { metrics: None }
+        Self {
+            metrics: None,
+            log: None,
+        }
+    }
+
+    /// Also writes one line per finished request to `log`: when its response body ends (an
+    /// event stream's, with its whole duration), when the tunnel of a `101` ends (with its
+    /// bytes each way), or when the client goes away first. `upstream` is what the lines
+    /// name as the upstream when no replica is named (the URL as configured); the gateway's
+    /// own answers given before any upstream was asked name none.
+    ///
+    /// The client is the one the forwarded layer resolved (with its
+    /// [`client_addr_extension`](kestra_edge_forwarded::ForwardedLayerBuilder::client_addr_extension)
+    /// on), else the peer; a balancer names the replica when asked to
+    /// (`report_replica`).
+    pub fn access_log(mut self, log: AccessLog, upstream: Option<String>) -> Self {
+        self.log = Some(Logging {
+            log,
+            upstream: upstream.map(Arc::from),
+        });
+        self
     }
 }
 
@@ -41,6 +74,7 @@ impl<S> Layer<S> for TelemetryLayer {
         Telemetry {
             inner,
             metrics: self.metrics.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -50,6 +84,7 @@ impl<S> Layer<S> for TelemetryLayer {
 pub struct Telemetry<S> {
     inner: S,
     metrics: Option<Metrics>,
+    log: Option<Logging>,
 }
 
 impl<S> Telemetry<S> {
@@ -61,7 +96,9 @@ impl<S> Telemetry<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for Telemetry<S>
 where
-    S: Service<Request<B>, Response = http::Response<ResBody>>,
+    S: Service<Request<CountedBody<B>>, Response = http::Response<ResBody>>,
+    B: Body,
+    ResBody: Body,
 {
     type Response = http::Response<crate::TelemetryBody<ResBody>>;
     type Error = S::Error;
@@ -72,13 +109,41 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.metrics.is_none() && self.log.is_none() {
+            let req = req.map(|body| CountedBody::new(body, None));
+            return ResponseFuture::new(self.inner.call(req), None, None);
+        }
+        let started = Instant::now();
         let counting = self.metrics.as_ref().map(|metrics| Counting {
             metrics: metrics.inner.clone(),
             method: method_index(req.method()),
-            started: Instant::now(),
+            started,
         });
-        ResponseFuture::new(self.inner.call(req), counting)
+        let Some(logging) = &self.log else {
+            let req = req.map(|body| CountedBody::new(body, None));
+            return ResponseFuture::new(self.inner.call(req), counting, None);
+        };
+        let counted = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let tunnel = logging::may_tunnel(&req).then(|| Arc::new(TunnelLine::default()));
+        if let Some(tunnel) = &tunnel {
+            req.extensions_mut()
+                .insert(ObserveTunnel(Arc::clone(tunnel) as _));
+        }
+        let client = kestra_edge_forwarded::client_addr(&req);
+        let line = Line {
+            pending: Some(Box::new(Pending::new(
+                logging,
+                &req,
+                client,
+                started,
+                counted.clone(),
+            ))),
+            tunnel,
+            method: req.method().clone(),
+        };
+        let req = req.map(|body| CountedBody::new(body, counted));
+        ResponseFuture::new(self.inner.call(req), counting, Some(line))
     }
 }
 
@@ -87,14 +152,14 @@ mod tests {
     use super::*;
     use crate::UpstreamView;
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::{BodyExt, Empty, Full};
     use tower::ServiceExt;
 
     #[tokio::test]
     async fn an_event_stream_is_open_until_its_body_ends() {
         let metrics = Metrics::new(UpstreamView::single("http://u"));
         let service = TelemetryLayer::new(metrics.clone()).layer(tower::service_fn(
-            |req: Request<()>| async move {
+            |req: Request<CountedBody<Empty<Bytes>>>| async move {
                 let mut response =
                     http::Response::new(Full::new(Bytes::from_static(b"data: x\n\n")));
                 if req.uri().path() == "/follow" {
@@ -106,7 +171,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(response)
             },
         ));
-        let req = |path: &str| Request::builder().uri(path).body(()).unwrap();
+        let req = |path: &str| Request::builder().uri(path).body(Empty::new()).unwrap();
         let stream = service.clone().oneshot(req("/follow")).await.unwrap();
         let plain = service.clone().oneshot(req("/ui/")).await.unwrap();
         let text = metrics.render();
@@ -128,5 +193,128 @@ mod tests {
         assert!(metrics.render().contains("kestra_edge_sse_streams_open 1"));
         drop(stream);
         assert!(metrics.render().contains("kestra_edge_sse_streams_open 0"));
+    }
+
+    /// A writer the test reads back once the log is dropped (which flushes it).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(captured: &Captured) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_request_gets_a_line_when_its_body_ends() {
+        let captured = Captured::default();
+        let log = AccessLog::to_writer(crate::AccessLogFormat::Json, captured.clone(), 64);
+        let service = TelemetryLayer::disabled()
+            .access_log(log, Some("http://kestra:8080".into()))
+            .layer(tower::service_fn(
+                |req: Request<CountedBody<Full<Bytes>>>| async move {
+                    let path = req.uri().path().to_owned();
+                    let sent = req.into_body().collect().await.unwrap().to_bytes().len();
+                    let mut response =
+                        http::Response::new(Full::new(Bytes::from(format!("{sent} bytes"))));
+                    match path.as_str() {
+                        "/missing" => {
+                            *response.status_mut() = http::StatusCode::NOT_FOUND;
+                            kestra_edge_headers::mark_gateway_answer(&mut response);
+                            response
+                                .headers_mut()
+                                .insert("x-request-id", http::HeaderValue::from_static("rid-1"));
+                        }
+                        "/follow" => {
+                            response.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("text/event-stream"),
+                            );
+                        }
+                        _ => {}
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                },
+            ));
+        let req = |method: &str, uri: &str, body: &'static str| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", "Basic c2VjcmV0OnNlY3JldA==")
+                .header("cookie", "SESSION=secret")
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap()
+        };
+        // A POST with a body, a query that must not be logged, and secrets in headers.
+        let response = service
+            .clone()
+            .oneshot(req("POST", "/api/v1/flows?token=secret", "hello"))
+            .await
+            .unwrap();
+        assert_eq!(
+            &response.into_body().collect().await.unwrap().to_bytes()[..],
+            b"5 bytes"
+        );
+        // The gateway's own answer: the request id is added to its body.
+        let response = service
+            .clone()
+            .oneshot(req("GET", "/missing", ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            &response.into_body().collect().await.unwrap().to_bytes()[..],
+            b"0 bytesrequest id: rid-1\n"
+        );
+        // A stream the client leaves before its end.
+        let response = service
+            .clone()
+            .oneshot(req("GET", "/follow", ""))
+            .await
+            .unwrap();
+        drop(response);
+        // A HEAD: its body is never sent, its line is written at the head (the body is kept
+        // to the end, so a line at its drop would come too late).
+        let response = service
+            .clone()
+            .oneshot(req("HEAD", "/ui/", ""))
+            .await
+            .unwrap();
+        let _head_kept = response; // Never dropped before the lines are read.
+        drop(service);
+
+        let lines = lines(&captured);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let post = &lines[0];
+        assert_eq!(post["method"], "POST");
+        assert_eq!(post["target"], "/api/v1/flows");
+        assert_eq!(post["status"], 200);
+        assert_eq!(post["bytes_in"], 5);
+        assert_eq!(post["bytes_out"], 7);
+        assert_eq!(post["kind"], "http");
+        assert_eq!(post["upstream"], "http://kestra:8080");
+        assert_eq!(post["end"], "done");
+        let missing = &lines[1];
+        assert_eq!(missing["status"], 404);
+        assert_eq!(missing["request_id"], "rid-1");
+        assert_eq!(missing["upstream"], serde_json::Value::Null);
+        assert_eq!(missing["bytes_out"], 7 + "request id: rid-1\n".len());
+        let stream = &lines[2];
+        assert_eq!(stream["kind"], "sse");
+        assert_eq!(stream["end"], "aborted");
+        assert_eq!(lines[3]["method"], "HEAD");
+        assert_eq!(lines[3]["end"], "done");
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("secret"), "{text}");
     }
 }

@@ -13,7 +13,7 @@
 //! let metrics = Metrics::new(UpstreamView::single("http://127.0.0.1:8080"));
 //! let admin = Admin::new(metrics.clone()); // serve it on its own address
 //! let service = TelemetryLayer::new(metrics).layer(tower::service_fn(
-//!     |_req: http::Request<()>| async {
+//!     |_req: http::Request<kestra_edge_telemetry::CountedBody<http_body_util::Empty<bytes::Bytes>>>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
 //!     },
 //! ));
@@ -54,18 +54,22 @@
 //! tests) keep their numbers apart. The histogram's buckets are drained by
 //! [`Metrics::run_upkeep`], which the owner calls periodically (the gateway every 5 s).
 
+mod access_log;
 mod admin;
 mod body;
 mod future;
 mod layer;
+mod logging;
 mod process;
 mod registry;
 mod request_id;
 
+pub use access_log::{AccessLog, AccessLogFormat, Entry, DEFAULT_BUFFERED_LINES};
 pub use admin::{Admin, AdminBody, Readiness};
 pub use body::TelemetryBody;
 pub use future::ResponseFuture;
 pub use kestra_edge_upgrade::Tunnels;
 pub use layer::{Telemetry, TelemetryLayer};
+pub use logging::CountedBody;
 pub use registry::{Metrics, ReplicaSample, ReplicaSource, UpstreamView};
 pub use request_id::EdgeRequestIds;

@@ -19,7 +19,9 @@
 //! - limits tunnels: an idle timeout (default 600 s), an optional lifetime, FIN passed on
 //!   while the other direction drains, errors close both sides; [`Tunnels`] counts them and
 //!   closes the rest at the end of a graceful shutdown; a [`TunnelGuard`] in the upstream's
-//!   `101` extensions is kept until its tunnel ends (a balancer counts the tunnel as load so);
+//!   `101` extensions is kept until its tunnel ends (a balancer counts the tunnel as load so),
+//!   and an [`ObserveTunnel`] in the request's extensions is told how the tunnel ended (bytes
+//!   each way, duration: an access log's line);
 //! - accepts RFC 8441 extended CONNECT (`:protocol websocket`) from HTTP/2 clients and turns
 //!   it into an HTTP/1.1 WebSocket upgrade toward the upstream (serve with
 //!   `enable_connect_protocol`, as kestra-edge's server does).
@@ -32,4 +34,4 @@ mod service;
 mod tunnel;
 
 pub use service::{ResponseFuture, Upgrade, UpgradeLayer, DEFAULT_TUNNEL_IDLE_TIMEOUT};
-pub use tunnel::{TunnelGuard, Tunnels};
+pub use tunnel::{ObserveTunnel, TunnelEnd, TunnelGuard, TunnelObserver, Tunnels};

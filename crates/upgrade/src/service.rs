@@ -5,7 +5,7 @@ use crate::{
         new_websocket_key, plan, upstream_agrees, Plan, HTTP2_SETTINGS, SEC_WEBSOCKET_ACCEPT,
         SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
     },
-    tunnel::{self, TunnelGuard, TunnelLimits, Tunnels},
+    tunnel::{self, ObserveTunnel, TunnelGuard, TunnelLimits, Tunnels},
 };
 use http::{
     header::{CONNECTION, UPGRADE},
@@ -170,6 +170,7 @@ where
             }
         };
         let client = hyper::upgrade::on(&mut req);
+        let observer = req.extensions_mut().remove::<ObserveTunnel>();
         req.extensions_mut()
             .insert(UpgradeProtocol(protocol.clone()));
         ResponseFuture {
@@ -182,6 +183,7 @@ where
                     extended_connect,
                     limits: self.config.limits,
                     tunnels: self.tunnels.clone(),
+                    observer,
                 }),
             },
         }
@@ -224,6 +226,7 @@ struct Pending {
     extended_connect: bool,
     limits: TunnelLimits,
     tunnels: Tunnels,
+    observer: Option<ObserveTunnel>,
 }
 
 pin_project! {
@@ -325,6 +328,7 @@ fn switch<B: From<&'static str>>(mut upstream: Response<B>, pending: Pending) ->
         pending.limits,
         pending.tunnels,
         guard,
+        pending.observer,
     ));
     response
 }

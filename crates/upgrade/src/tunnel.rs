@@ -125,6 +125,38 @@ impl fmt::Debug for TunnelGuard {
     }
 }
 
+/// How a tunnel ended: what it carried each way and how long it lived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// Bytes read from the client and passed on.
+    pub from_client: u64,
+    /// Bytes read from the upstream (the destination) and passed on.
+    pub from_upstream: u64,
+    /// From the start of the copy to its end.
+    pub duration: Duration,
+    /// Why it ended: `finished` (both directions closed), `error`, `idle`, `lifetime` or
+    /// `shutdown`.
+    pub reason: &'static str,
+}
+
+/// Told how a tunnel ended: an access log writes its line so. Put one in a request's
+/// extensions as [`ObserveTunnel`], and the upgrade layer hands it to that request's
+/// tunnel; it is dropped without a call when no tunnel started.
+pub trait TunnelObserver: Send + Sync {
+    /// The tunnel ended so.
+    fn ended(&self, end: &TunnelEnd);
+}
+
+/// A request extension: the [`TunnelObserver`] of the tunnel this request may open.
+#[derive(Clone)]
+pub struct ObserveTunnel(pub Arc<dyn TunnelObserver>);
+
+impl fmt::Debug for ObserveTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserveTunnel").finish_non_exhaustive()
+    }
+}
+
 /// Limits of every tunnel.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TunnelLimits {
@@ -144,6 +176,7 @@ pub(crate) async fn run(
     limits: TunnelLimits,
     tunnels: Tunnels,
     guard: Option<TunnelGuard>,
+    observer: Option<ObserveTunnel>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -152,7 +185,7 @@ pub(crate) async fn run(
             return;
         }
     };
-    tunnels
+    let end = tunnels
         .splice(
             TokioIo::new(client),
             TokioIo::new(upstream),
@@ -161,6 +194,9 @@ pub(crate) async fn run(
         )
         .await;
     drop(guard);
+    if let Some(observer) = observer {
+        observer.0.ended(&end);
+    }
 }
 
 impl Tunnels {
@@ -168,13 +204,15 @@ impl Tunnels {
     /// (`idle_timeout` without a byte either way, an optional `max_lifetime`, shutdown),
     /// counted in [`open`](Self::open) while it runs: the hook a forward proxy's `CONNECT`
     /// tunnels use. A FIN is passed on while the other direction drains; an error closes both.
+    /// Returns what the tunnel carried, however it ended.
     pub async fn splice<A, B>(
         &self,
         client: A,
         upstream: B,
         idle_timeout: Duration,
         max_lifetime: Option<Duration>,
-    ) where
+    ) -> TunnelEnd
+    where
         A: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
@@ -182,11 +220,11 @@ impl Tunnels {
             idle_timeout,
             max_lifetime,
         };
-        pump(client, upstream, limits, self).await;
+        pump(client, upstream, limits, self).await
     }
 }
 
-async fn pump<A, B>(client: A, upstream: B, limits: TunnelLimits, tunnels: &Tunnels)
+async fn pump<A, B>(client: A, upstream: B, limits: TunnelLimits, tunnels: &Tunnels) -> TunnelEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -218,11 +256,18 @@ where
         () = lifetime => "lifetime",
         _ = close.wait_for(|closed| *closed) => "shutdown",
     };
+    let end = TunnelEnd {
+        from_client: client.read,
+        from_upstream: upstream.read,
+        duration: started.elapsed(),
+        reason,
+    };
     tracing::debug!(
         reason,
-        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        duration_ms = u64::try_from(end.duration.as_millis()).unwrap_or(u64::MAX),
         "tunnel ended"
     );
+    end
 }
 
 /// Resolves once no byte has moved either way for `limit`.
@@ -242,6 +287,8 @@ struct Watched<T> {
     io: T,
     started: Instant,
     activity: Arc<AtomicU64>,
+    /// Bytes read from `io`.
+    read: u64,
 }
 
 impl<T> Watched<T> {
@@ -250,6 +297,7 @@ impl<T> Watched<T> {
             io,
             started,
             activity: activity.clone(),
+            read: 0,
         }
     }
 
@@ -267,7 +315,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let read = buf.filled().len().saturating_sub(before);
+        if matches!(poll, Poll::Ready(Ok(()))) && read > 0 {
+            self.read += read as u64;
             self.touch();
         }
         poll

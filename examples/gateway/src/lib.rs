@@ -20,7 +20,7 @@ use kestra_edge::{
 };
 use kestra_edge_standin::{Standin, StandinConfig};
 use kestra_edge_telemetry::{
-    Admin, Metrics, ReplicaSample, Telemetry, TelemetryLayer, UpstreamView,
+    AccessLog, Admin, CountedBody, Metrics, ReplicaSample, Telemetry, TelemetryLayer, UpstreamView,
 };
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tower::Layer;
@@ -39,12 +39,14 @@ impl Predicate for CompressionSwitch {
     }
 }
 
+/// The request body the stack gets: the client's, counted for the access log.
+pub type GatewayBody = CountedBody<hyper::body::Incoming>;
+
 /// What the gateway serves: the kestra-edge stack, behind optional compression (whose
 /// default predicate never compresses `text/event-stream`), counted by the telemetry layer
-/// (off without `--admin-listen`).
-pub type GatewayService = Telemetry<
-    Compression<KestraEdge<hyper::body::Incoming>, And<CompressionSwitch, DefaultPredicate>>,
->;
+/// (metrics off without `--admin-listen`) and written to the access log (`--access-log`).
+pub type GatewayService =
+    Telemetry<Compression<KestraEdge<GatewayBody>, And<CompressionSwitch, DefaultPredicate>>>;
 
 /// The main listener: plain HTTP (HTTP/1.1 and h2c), or TLS.
 #[derive(Debug)]
@@ -80,6 +82,8 @@ pub struct Gateway {
     auth: kestra_edge::ForwardAuthLayer,
     /// The `--admin-listen` listener and what it serves.
     admin: Option<AdminListener>,
+    /// The access log (`--access-log`).
+    access_log: Option<AccessLog>,
 }
 
 /// The admin listener: metrics and health, on an address of its own.
@@ -104,8 +108,18 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Builds the stack, loads the certificate and binds the listeners; with `demo`,
-    /// starts the stand-in first.
-    pub async fn bind(mut config: GatewayConfig) -> Result<Self, GatewayError> {
+    /// starts the stand-in first. The access log (`--access-log`) goes to stdout.
+    pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
+        let log = config.telemetry.access_log.format().map(AccessLog::stdout);
+        Self::bind_with_log(config, log).await
+    }
+
+    /// [`bind`](Self::bind) with the access log given (whatever `--access-log` says): tests
+    /// read the lines back so.
+    pub async fn bind_with_log(
+        mut config: GatewayConfig,
+        access_log: Option<AccessLog>,
+    ) -> Result<Self, GatewayError> {
         let cert_source = config.validate()?;
         let standin = if config.demo {
             let standin = Standin::start(StandinConfig::default()).await?;
@@ -122,7 +136,9 @@ impl Gateway {
             .auth
             .layer(config.prefix.context_path.as_deref())
             .map_err(ConfigError::from)?;
-        let edge = stack(&config).forward_auth(auth.clone());
+        let edge = stack(&config)
+            .forward_auth(auth.clone())
+            .report_to_access_log(access_log.is_some());
         let compression = CompressionLayer::new().compress_when(
             CompressionSwitch(config.streams.compression).and(DefaultPredicate::new()),
         );
@@ -147,9 +163,17 @@ impl Gateway {
             }
             None => None,
         };
-        let telemetry = admin.as_ref().map_or_else(TelemetryLayer::disabled, |a| {
+        let mut telemetry = admin.as_ref().map_or_else(TelemetryLayer::disabled, |a| {
             TelemetryLayer::new(a.metrics.clone())
         });
+        if let Some(log) = &access_log {
+            // Replicas name themselves; one upstream is named as configured.
+            let upstream = edges[0]
+                .replicas()
+                .is_none()
+                .then(|| config.upstream.url.clone());
+            telemetry = telemetry.access_log(log.clone(), upstream);
+        }
         let services: Vec<GatewayService> = edges
             .into_iter()
             .map(|edge| telemetry.layer(compression.layer(edge)))
@@ -211,7 +235,13 @@ impl Gateway {
             standin,
             auth,
             admin,
+            access_log,
         })
+    }
+
+    /// The access log, when `--access-log` is not `off`.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
     }
 
     /// The address of the `--admin-listen` listener.
@@ -272,7 +302,7 @@ impl Gateway {
 
     /// The first worker's stack (a cheap clone): its [`replicas`](KestraEdge::replicas)
     /// stay live while the gateway serves.
-    pub fn edge(&self) -> Option<KestraEdge<hyper::body::Incoming>> {
+    pub fn edge(&self) -> Option<KestraEdge<GatewayBody>> {
         self.services.first().map(|s| s.get_ref().get_ref().clone())
     }
 
@@ -390,7 +420,7 @@ async fn serve_on<T: Transport>(
 
 /// The metrics of a gateway serving `edge`: one upstream's last outcome, or the replicas'
 /// health checks read when scraped.
-fn metrics_for(config: &GatewayConfig, edge: &KestraEdge<hyper::body::Incoming>) -> Metrics {
+fn metrics_for(config: &GatewayConfig, edge: &KestraEdge<GatewayBody>) -> Metrics {
     if edge.replicas().is_none() {
         return Metrics::new(UpstreamView::single(config.upstream.url.clone()));
     }

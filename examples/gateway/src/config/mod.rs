@@ -26,7 +26,7 @@ pub use forwarded::{ForwardedArgs, ForwardedConfig, ForwardedHeader};
 pub use listener::{ListenerArgs, ListenerConfig};
 pub use prefix::{PrefixArgs, PrefixConfig, PrefixModeArg};
 pub use streams::{StreamsArgs, StreamsConfig};
-pub use telemetry::{TelemetryArgs, TelemetryConfig};
+pub use telemetry::{AccessLogArg, TelemetryArgs, TelemetryConfig};
 pub use tls::{CertSource, TlsArgs, TlsConfig};
 pub use upstream::{HostHeader, UpstreamArgs, UpstreamConfig};
 
@@ -209,11 +209,15 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Defaults for fronting `upstream`, listening on `127.0.0.1:0`: what tests start from.
+    /// Defaults for fronting `upstream`, listening on `127.0.0.1:0`, without an access log:
+    /// what tests start from.
     pub fn for_upstream(upstream: impl Into<String>) -> Self {
         let mut config = Self::resolve(Args::default(), FileConfig::default());
         config.listener.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.upstream.url = upstream.into();
+        // The binary logs each request to stdout; a gateway embedded in a program (a test)
+        // asks for it.
+        config.telemetry.access_log = AccessLogArg::Off;
         config
     }
 
