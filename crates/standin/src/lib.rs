@@ -5,9 +5,10 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `{ctx}/` | `302` to `{ctx}/ui/`, as Kestra does |
+//! | `{ctx}/` | `302` to `{ctx}/ui/`, the target Kestra's `RedirectController` sends (Kestra answers `307`) |
 //! | `{ctx}/ui/…` | a small HTML page |
 //! | `{ctx}/ping` | `pong` |
+//! | `{ctx}/api/v1/configs` | JSON like Kestra's `MiscController.Configuration`: `url` is [`StandinConfig::kestra_url`] (absent when unset), plus `version`, `edition`, `uuid`, `preview`… |
 //! | `{ctx}/api/v1/echo/…` (any method) | JSON: method, version, raw path and query, headers, body length and SHA-256, trailers |
 //! | `{ctx}/api/v1/[{tenant}/]executions/{id}/follow`, `…/follow-dependencies`, `{ctx}/api/v1/[{tenant}/]logs/{id}/follow` | Server-Sent Events, `id: start`, `progress`…, `end`; each `data:` holds `sent_at_us`; query `events=N` (0: never end), `interval_ms=M`, `pad=B` bytes of padding per event |
 //! | `{ctx}/api/v1/ws/echo` | WebSocket echo |
@@ -54,7 +55,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc, OnceLock, RwLock,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -76,6 +77,10 @@ pub struct StandinConfig {
     /// Where the management listener (`/health/readiness`, `/health/liveness`) listens
     /// (default: none).
     pub management: Option<SocketAddr>,
+    /// Kestra's `kestra.url`, answered as `url` by `{ctx}/api/v1/configs` (default: none,
+    /// and then the key is absent, as Kestra's `serialization-inclusion: non_null` leaves it).
+    /// [`StandinControl::set_kestra_url`] changes it on a running stand-in.
+    pub kestra_url: Option<String>,
 }
 
 impl Default for StandinConfig {
@@ -87,18 +92,42 @@ impl Default for StandinConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             replica: None,
             management: None,
+            kestra_url: None,
         }
     }
 }
 
-/// Switches a running stand-in's readiness and speed, for balancing tests.
+/// Switches a running stand-in's readiness, speed and `kestra.url`, for tests.
 #[derive(Debug, Clone, Default)]
 pub struct StandinControl {
     not_ready: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
+    kestra_url: Arc<RwLock<Option<String>>>,
 }
 
 impl StandinControl {
+    fn for_config(config: &StandinConfig) -> Self {
+        Self {
+            kestra_url: Arc::new(RwLock::new(config.kestra_url.clone())),
+            ..Self::default()
+        }
+    }
+
+    /// What `{ctx}/api/v1/configs` answers as `url` from now on (`None`: no `url` key),
+    /// e.g. the gateway's address once it is bound.
+    pub fn set_kestra_url(&self, url: Option<String>) {
+        // A poisoned lock still holds a usable Option; take it back.
+        let mut current = self.kestra_url.write().unwrap_or_else(|e| e.into_inner());
+        *current = url;
+    }
+
+    fn kestra_url(&self) -> Option<String> {
+        self.kestra_url
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Whether `/health/readiness` answers 200 (`true`, the start) or 503.
     pub fn set_ready(&self, ready: bool) {
         self.not_ready.store(!ready, Ordering::Release);
@@ -202,7 +231,7 @@ impl Standin {
             connections: server.connections(),
         };
         let context_path = config.context_path.clone();
-        let control = StandinControl::default();
+        let control = StandinControl::for_config(&config);
         let (stop, stopped) = oneshot::channel::<()>();
         let mut management_addr = None;
         let stopped = match config.management {
@@ -227,10 +256,9 @@ impl Standin {
             .replica
             .as_deref()
             .and_then(|n| HeaderValue::from_str(n).ok());
-        let app = router(config, stats.clone()).layer(axum::middleware::from_fn_with_state(
-            (name, control.clone()),
-            replica_layer,
-        ));
+        let app = app(config, stats.clone(), control.clone()).layer(
+            axum::middleware::from_fn_with_state((name, control.clone()), replica_layer),
+        );
         let task = tokio::spawn(server.serve(app, stopped));
         Ok(Self {
             addr,
@@ -292,6 +320,11 @@ impl Drop for Standin {
 
 /// The stand-in's routes, for serving it some other way.
 pub fn router(config: StandinConfig, stats: StandinStats) -> Router {
+    let control = StandinControl::for_config(&config);
+    app(config, stats, control)
+}
+
+fn app(config: StandinConfig, stats: StandinStats, control: StandinControl) -> Router {
     let ctx = match config.context_path.trim_end_matches('/') {
         "" => String::new(),
         ctx => ctx.to_owned(),
@@ -312,13 +345,18 @@ pub fn router(config: StandinConfig, stats: StandinStats) -> Router {
         .route("/upload", post(upload).put(upload))
         .route("/download", get(download))
         .route("/trailers", get(trailers))
-        .route("/redirect", get(redirect));
+        .route("/redirect", get(redirect))
+        .route("/configs", get(configs));
     let app = Router::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/ui/", get(ui_page))
         .route("/ui/{*rest}", get(ui_page))
         .nest("/api/v1", api)
-        .with_state(Arc::new(AppState { config, stats }));
+        .with_state(Arc::new(AppState {
+            config,
+            stats,
+            control,
+        }));
     let redirect = get(move || async move { (StatusCode::FOUND, [(header::LOCATION, ui)]) });
     if ctx.is_empty() {
         app.route("/", redirect)
@@ -334,6 +372,31 @@ pub fn router(config: StandinConfig, stats: StandinStats) -> Router {
 struct AppState {
     config: StandinConfig,
     stats: StandinStats,
+    control: StandinControl,
+}
+
+/// Kestra's `GET /api/v1/configs` (`MiscController.getConfiguration`): `url` is `kestra.url`,
+/// left out when unset; the other keys are a realistic subset.
+async fn configs(State(state): State<Arc<AppState>>) -> Response {
+    let mut body = serde_json::json!({
+        "uuid": "00000000-0000-0000-0000-5a4d1e000000",
+        "version": "0.0.0-standin",
+        "edition": "OSS",
+        "commitId": "standin",
+        "chartDefaultDuration": "P30D",
+        "isCustomDashboardsEnabled": false,
+        "isAnonymousUsageEnabled": false,
+        "isUiAnonymousUsageEnabled": false,
+        "preview": { "initial": 100, "max": 5000 },
+        "systemNamespace": "system",
+        "hiddenLabelsPrefixes": [],
+        "isAiEnabled": false,
+        "isBasicAuthInitialized": true,
+    });
+    if let (Some(url), Some(map)) = (state.control.kestra_url(), body.as_object_mut()) {
+        map.insert("url".to_owned(), serde_json::Value::String(url));
+    }
+    Json(body).into_response()
 }
 
 async fn ui_page() -> impl IntoResponse {

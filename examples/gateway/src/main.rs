@@ -7,6 +7,17 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `kestra-edge doctor …`: a subcommand of its own, leaving the gateway's flags as they are.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "doctor")
+    {
+        let args = kestra_edge_gateway::doctor::DoctorArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("kestra-edge doctor"))
+                .chain(std::env::args_os().skip(2)),
+        );
+        return kestra_edge_gateway::doctor::run(args).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
