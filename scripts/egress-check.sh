@@ -81,17 +81,20 @@ https_url="https://localhost:${https_addr##*:}/kestra/ping"
 # The forward proxy, beside a plain demo gateway whose stand-in is the plain-HTTP destination.
 RUST_LOG=info "$bin" --demo --listen 127.0.0.1:0 --egress-listen 127.0.0.1:0 \
   --egress-credentials-file "$tmp/users" --egress-allow localhost --egress-allow 127.0.0.1 \
-  --egress-allow-private >/dev/null 2>"$tmp/egress.log" &
+  --egress-allow-private --admin-listen 127.0.0.1:0 >/dev/null 2>"$tmp/egress.log" &
 pids+=($!)
 proxy=$(log_field "$tmp/egress.log" "egress forward proxy ready" listen)
 standin=$(log_field "$tmp/egress.log" "kestra-edge ready" upstream)
+proxy_admin=$(log_field "$tmp/egress.log" "admin listener" listen)
 http_url="$standin/kestra/api/v1/echo/egress-check"
 
 # A guarded proxy: the same allow-list without --egress-allow-private.
 RUST_LOG=info "$bin" --egress-listen 127.0.0.1:0 --egress-credentials-file "$tmp/users" \
-  --egress-allow localhost --egress-allow 127.0.0.1 >/dev/null 2>"$tmp/guarded.log" &
+  --egress-allow localhost --egress-allow 127.0.0.1 --admin-listen 127.0.0.1:0 \
+  >/dev/null 2>"$tmp/guarded.log" &
 pids+=($!)
 guarded=$(log_field "$tmp/guarded.log" "egress forward proxy ready" listen)
+guarded_admin=$(log_field "$tmp/guarded.log" "admin listener" listen)
 
 echo "== curl through http://$proxy (HTTPS destination $https_url, plain $http_url)"
 body=$(curl -sS --max-time 10 --cacert "$tmp/ca.pem" -x "http://$proxy" --proxy-user "kestra:$password" "$https_url" 2>&1 || true)
@@ -140,6 +143,41 @@ if command -v java >/dev/null; then
   fi
 else
   echo "== no java on the PATH: the JDK check is skipped"
+fi
+
+echo "== the egress metrics on the admin listeners (http://$proxy_admin beside the gateway, http://$guarded_admin alone)"
+curl -sS --max-time 10 "http://$proxy_admin/metrics" >"$tmp/beside.prom"
+curl -sS --max-time 10 "http://$guarded_admin/metrics" >"$tmp/alone.prom"
+# The value of one sample, 0 when absent.
+value() { awk -v s="$2" '$1 == s { print $2; found = 1 } END { if (!found) print 0 }' "$1"; }
+at_least() { # file, series, minimum
+  local got
+  got=$(value "$1" "$2")
+  check "$(basename "$1" .prom): $2 >= $3" "$(awk -v g="$got" -v m="$3" 'BEGIN { print (g >= m) ? 1 : 0 }')" "got $got"
+}
+at_least "$tmp/beside.prom" 'kestra_edge_egress_requests_total{outcome="tunnel"}' 1
+at_least "$tmp/beside.prom" 'kestra_edge_egress_requests_total{outcome="forwarded"}' 1
+at_least "$tmp/beside.prom" 'kestra_edge_egress_requests_total{outcome="auth_required"}' 3
+at_least "$tmp/beside.prom" 'kestra_edge_egress_requests_total{outcome="forbidden"}' 1
+at_least "$tmp/alone.prom" 'kestra_edge_egress_requests_total{outcome="private"}' 1
+# A tunnel's end on the proxy's side lags its client's exit a little: scrape again for up to 5 s.
+for _ in $(seq 50); do
+  [[ $(value "$tmp/beside.prom" kestra_edge_egress_tunnels_open) == 0 ]] && break
+  sleep 0.1
+  curl -sS --max-time 10 "http://$proxy_admin/metrics" >"$tmp/beside.prom"
+done
+check "beside: kestra_edge_egress_tunnels_open is 0 once every client is gone" \
+  "$([[ $(value "$tmp/beside.prom" kestra_edge_egress_tunnels_open) == 0 ]] && echo 1 || echo 0)" \
+  "got $(value "$tmp/beside.prom" kestra_edge_egress_tunnels_open)"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$guarded_admin/readyz" || true)
+check "alone: /readyz is 200 (no upstream to be unhealthy)" "$([[ $code == 200 ]] && echo 1 || echo 0)" "got $code"
+if command -v promtool >/dev/null; then
+  for scrape in beside alone; do
+    out=$(promtool check metrics <"$tmp/$scrape.prom" 2>&1) && ok=1 || ok=0
+    check "promtool check metrics: the $scrape scrape" "$ok" "$out"
+  done
+else
+  echo "== no promtool on the PATH: the metrics format check is skipped"
 fi
 
 echo "$passed passed, $failed failed"

@@ -674,3 +674,301 @@ async fn the_credentials_file_is_read_again_when_it_changes() {
     assert_eq!(status, 403);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A TCP destination that reads a request head and answers `answer` (then stays silent,
+/// connection open); counts connections.
+async fn scripted_destination(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Silent, but not closed: only the proxy's idle timeout can end this.
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_forwarded_request_whose_destination_is_silent_gets_504_after_the_idle_timeout() {
+    let silent = scripted_destination(b"").await;
+    let egress = Egress::builder()
+        .allow("127.0.0.1")
+        .allow_private(true)
+        .idle_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let stats = egress.stats().clone();
+    let proxy = serve(egress).await;
+    let started = Instant::now();
+    let target = format!("127.0.0.1:{}", silent.port());
+    let (status, head, _) = raw(
+        proxy,
+        &format!("GET http://{target}/v1/blueprints HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 504, "{head}");
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    assert_eq!(
+        stats
+            .snapshot()
+            .requests(kestra_edge::egress::Outcome::GatewayTimeout),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_forwarded_response_body_that_stalls_is_cut_after_the_idle_timeout() {
+    // Ten bytes announced, five sent, then nothing.
+    let stalling =
+        scripted_destination(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
+    let proxy = serve(
+        Egress::builder()
+            .allow("127.0.0.1")
+            .allow_private(true)
+            .idle_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("http://127.0.0.1:{}/v1/plugins", stalling.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let body = tokio::time::timeout(LIMIT, response.bytes())
+        .await
+        .expect("the stalled body ends within the limit");
+    assert!(body.is_err(), "a cut body looked complete: {body:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+const LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// Scrapes `/metrics` of an admin listener.
+async fn scrape(admin: SocketAddr) -> String {
+    let response = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+fn outcome(text: &str, outcome: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!("kestra_edge_egress_requests_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// Scrapes until `series` has `value` (every 10 ms, for at most 5 s): a tunnel's end on the
+/// proxy's side has nothing the test can await.
+async fn scrape_until(admin: SocketAddr, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(admin).await;
+        if sample(&text, series) == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never became {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_gateways_admin_listener_counts_egress_tunnels_and_every_outcome() {
+    use kestra_edge_gateway::{EgressListener, Gateway, GatewayConfig};
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let destination = EchoServer::start().await;
+    let dead = closed_port().await;
+    let dir = temp_dir("metrics");
+    let mut config = GatewayConfig::for_upstream(standin.url());
+    config.telemetry.admin_listen = Some(LOOPBACK);
+    config.egress.listen = Some(LOOPBACK);
+    config.egress.allow = vec!["127.0.0.1".to_owned()];
+    config.egress.allow_private = true;
+    config.egress.max_tunnels = 1;
+    config.egress.credentials_file = Some(users(&dir));
+    // What the binary does: the forward proxy beside the reverse proxy, reported on the
+    // gateway's admin listener.
+    let egress = EgressListener::bind(&config).await.unwrap().unwrap();
+    let gateway = Gateway::bind(config).await.unwrap();
+    egress.report_to(gateway.metrics().expect("--admin-listen gives metrics"));
+    assert_eq!(
+        egress.admin_addr(),
+        None,
+        "beside the gateway: one admin listener"
+    );
+    let proxy = egress.local_addr().unwrap();
+    let admin = gateway.admin_addr().unwrap();
+    tokio::spawn(egress.serve(std::future::pending()));
+    tokio::spawn(gateway.serve(std::future::pending()));
+
+    let text = scrape(admin).await;
+    assert_eq!(
+        sample(&text, "kestra_edge_egress_tunnels_open"),
+        Some(0.0),
+        "{text}"
+    );
+    for name in [
+        "tunnel",
+        "forwarded",
+        "auth_required",
+        "forbidden",
+        "private",
+        "bad_request",
+        "bad_gateway",
+        "gateway_timeout",
+        "too_many_tunnels",
+    ] {
+        assert_eq!(outcome(&text, name), Some(0.0), "{name}:\n{text}");
+    }
+
+    // A tunnel: open (bytes went through it), the cap answered, then closed.
+    let echo = format!("127.0.0.1:{}", destination.addr.port());
+    let (status, _, mut tunnel) = connect(proxy, &echo, Some(GOOD)).await;
+    assert_eq!(status, 200);
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tunnel.read_exact(&mut echoed).await.unwrap();
+    let text = scrape(admin).await;
+    assert_eq!(
+        sample(&text, "kestra_edge_egress_tunnels_open"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(outcome(&text, "tunnel"), Some(1.0));
+    let (status, _, _) = connect(proxy, &echo, Some(GOOD)).await;
+    assert_eq!(status, 503);
+    drop(tunnel);
+    scrape_until(admin, "kestra_edge_egress_tunnels_open", 0.0).await;
+
+    // Absolute-form to the stand-in.
+    let ping = format!("127.0.0.1:{}", standin.addr().port());
+    let (status, head, _) = raw(
+        proxy,
+        &format!(
+            "GET http://{ping}/kestra/ping HTTP/1.1\r\nHost: {ping}\r\nProxy-Authorization: {GOOD}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    // 407, 403 (not allowed), 400, 502.
+    let (status, _, _) = connect(proxy, &echo, None).await;
+    assert_eq!(status, 407);
+    let (status, _, _) = connect(proxy, &echo, Some(WRONG)).await;
+    assert_eq!(status, 407);
+    let (status, _, _) = connect(proxy, "evil.test:443", Some(GOOD)).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = raw(
+        proxy,
+        &format!("GET /origin-form HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {GOOD}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = connect(proxy, &format!("127.0.0.1:{}", dead.port()), Some(GOOD)).await;
+    assert_eq!(status, 502);
+
+    let text = scrape(admin).await;
+    for (name, count) in [
+        ("tunnel", 1.0),
+        ("too_many_tunnels", 1.0),
+        ("forwarded", 1.0),
+        ("auth_required", 2.0),
+        ("forbidden", 1.0),
+        ("bad_request", 1.0),
+        ("bad_gateway", 1.0),
+        ("private", 0.0),
+        ("gateway_timeout", 0.0),
+    ] {
+        assert_eq!(outcome(&text, name), Some(count), "{name}:\n{text}");
+    }
+    // The reverse proxy's own series are unchanged by egress traffic.
+    assert_eq!(sample(&text, "kestra_edge_tunnels_open"), Some(0.0));
+    assert!(
+        !text.contains("kestra_edge_http_requests_total{method=\"CONNECT\""),
+        "{text}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_forward_proxy_alone_serves_its_own_admin_listener() {
+    use kestra_edge_gateway::{EgressListener, GatewayConfig};
+    let destination = EchoServer::start().await;
+    let mut config = GatewayConfig::for_upstream("http://127.0.0.1:9");
+    config.egress.alone = true;
+    config.telemetry.admin_listen = Some(LOOPBACK);
+    config.egress.listen = Some(LOOPBACK);
+    config.egress.allow = vec!["127.0.0.1".to_owned()];
+    let egress = EgressListener::bind(&config).await.unwrap().unwrap();
+    let proxy = egress.local_addr().unwrap();
+    let admin = egress
+        .admin_addr()
+        .expect("alone, --admin-listen is its own");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(egress.serve(async {
+        let _ = stopped.await;
+    }));
+
+    // Loopback without --egress-allow-private: the SSRF guard's 403.
+    let (status, _, _) = connect(
+        proxy,
+        &format!("127.0.0.1:{}", destination.addr.port()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(destination.accepted(), 0);
+    let text = scrape(admin).await;
+    assert_eq!(outcome(&text, "private"), Some(1.0), "{text}");
+    assert_eq!(outcome(&text, "forbidden"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "kestra_edge_egress_tunnels_open"), Some(0.0));
+    assert!(
+        !text.contains("kestra_edge_upstream_up"),
+        "no upstream:\n{text}"
+    );
+    let ready = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "no upstream is not an unhealthy one");
+
+    // Stopped: both listeners close.
+    stop.send(()).unwrap();
+    tokio::time::timeout(LIMIT, served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(admin).await.is_err());
+    assert!(TcpStream::connect(proxy).await.is_err());
+}

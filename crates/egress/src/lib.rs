@@ -29,7 +29,12 @@
 //!   inject their own;
 //! - `502` for a destination that cannot be resolved or refuses, `504` when resolution and
 //!   connect exceed the connect timeout, `503` beyond the tunnel cap, `400` for a malformed
-//!   request-target (origin-form, `https://` absolute-form, userinfo, a `CONNECT` without port).
+//!   request-target (origin-form, `https://` absolute-form, userinfo, a `CONNECT` without port);
+//! - a forwarded exchange ends after the idle timeout without a byte either way: `504` when
+//!   the destination has not answered by then, an aborted transfer when its body stalls
+//!   ([`BodyError::Idle`]); an upload that keeps moving is never cut;
+//! - every request counts one [`Outcome`] in [`EgressStats`] (relaxed atomics, no lock), and
+//!   open tunnels are counted while they run: [`Egress::stats`] for a metrics exporter.
 //!
 //! ```no_run
 //! use kestra_edge_egress::Egress;
@@ -53,12 +58,14 @@ mod allow;
 mod body;
 mod credentials;
 mod guard;
+mod idle;
 mod resolve;
 mod service;
+mod stats;
 mod target;
 
 pub use allow::{AllowList, PatternError};
-pub use body::EgressBody;
+pub use body::{BodyError, EgressBody};
 pub use credentials::{CredentialsError, ProxyCredentials};
 pub use guard::is_internal;
 pub use resolve::{Resolve, Resolving, SystemResolver};
@@ -66,3 +73,4 @@ pub use service::{
     Egress, EgressBuilder, EgressError, ResponseFuture, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_TUNNELS,
 };
+pub use stats::{EgressSnapshot, EgressStats, Outcome};

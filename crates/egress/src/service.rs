@@ -5,7 +5,9 @@ use crate::{
     body::EgressBody,
     credentials::{CredentialsError, ProxyCredentials},
     guard::is_internal,
+    idle::{Activity, Progress},
     resolve::{Resolve, SystemResolver},
+    stats::{EgressStats, Outcome},
     target::{classify, Kind, Target},
 };
 use http::{
@@ -27,6 +29,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::{OwnedSemaphorePermit, Semaphore},
 };
@@ -137,7 +140,9 @@ impl EgressBuilder {
         self
     }
 
-    /// Closes a tunnel after this long without a byte either way (default 600 s).
+    /// Closes a tunnel, and ends a forwarded exchange, after this long without a byte either
+    /// way (default 600 s): a forwarded request whose destination has not answered by then
+    /// gets `504`; a response body that stalls that long is cut (an aborted transfer).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
@@ -192,6 +197,7 @@ impl EgressBuilder {
                 resolver: self.resolver,
                 tunnels: self.tunnels,
                 challenge: HeaderValue::from_static(CHALLENGE),
+                stats: EgressStats::default(),
             }),
         })
     }
@@ -215,6 +221,7 @@ struct Inner {
     resolver: Arc<dyn Resolve>,
     tunnels: Tunnels,
     challenge: HeaderValue,
+    stats: EgressStats,
 }
 
 impl std::fmt::Debug for Egress {
@@ -241,6 +248,11 @@ impl Egress {
     /// The tunnel registry (how many are open; closing them at shutdown).
     pub fn tunnels(&self) -> &Tunnels {
         &self.inner.tunnels
+    }
+
+    /// Open tunnels and requests by outcome, for metrics (clones share the counts).
+    pub fn stats(&self) -> &EgressStats {
+        &self.inner.stats
     }
 }
 
@@ -278,6 +290,7 @@ enum Refusal {
     Unresolvable,
     Unreachable,
     Timeout,
+    Silent,
     Busy,
 }
 
@@ -292,13 +305,33 @@ impl Refusal {
                 StatusCode::GATEWAY_TIMEOUT,
                 "destination too slow to connect\n",
             ),
+            Self::Silent => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "destination too slow to answer\n",
+            ),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "too many tunnels\n"),
         };
         plain_text(status, text)
     }
+
+    fn outcome(self) -> Outcome {
+        match self {
+            Self::NotAllowed => Outcome::Forbidden,
+            Self::Internal => Outcome::Private,
+            Self::Unresolvable | Self::Unreachable => Outcome::BadGateway,
+            Self::Timeout | Self::Silent => Outcome::GatewayTimeout,
+            Self::Busy => Outcome::TooManyTunnels,
+        }
+    }
 }
 
 impl Inner {
+    /// Answers `refusal`, counted.
+    fn refuse(&self, refusal: Refusal) -> Response<EgressBody> {
+        self.stats.count(refusal.outcome());
+        refusal.response()
+    }
+
     async fn handle<B>(&self, mut request: Request<B>) -> Response<EgressBody>
     where
         B: http_body::Body + Send + 'static,
@@ -308,6 +341,7 @@ impl Inner {
         if let Some(credentials) = &self.credentials {
             if !credentials.check(request.headers().get(PROXY_AUTHORIZATION)) {
                 tracing::debug!("egress: proxy authentication missing or wrong");
+                self.stats.count(Outcome::AuthRequired);
                 let mut response = plain_text(
                     StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                     "proxy authentication required\n",
@@ -319,36 +353,44 @@ impl Inner {
             }
         }
         let Some(kind) = classify(request.method(), request.uri()) else {
+            self.stats.count(Outcome::BadRequest);
             return plain_text(StatusCode::BAD_REQUEST, "malformed request-target\n");
         };
         match kind {
             Kind::Tunnel(target) => {
                 if !self.allow.allows(&target) {
                     tracing::debug!(host = %target.host, port = target.port, "egress: not allowed");
-                    return Refusal::NotAllowed.response();
+                    return self.refuse(Refusal::NotAllowed);
                 }
                 let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                     tracing::warn!("egress: tunnel cap reached");
-                    return Refusal::Busy.response();
+                    return self.refuse(Refusal::Busy);
                 };
                 let stream = match self.dial(&target).await {
                     Ok(stream) => stream,
-                    Err(refusal) => return refusal.response(),
+                    Err(refusal) => return self.refuse(refusal),
                 };
                 let upgrade = hyper::upgrade::on(&mut request);
                 self.tunnel(target, upgrade, stream, permit);
+                self.stats.count(Outcome::Tunnel);
                 Response::new(EgressBody::empty())
             }
             Kind::Forward(target, origin) => {
                 if !self.allow.allows(&target) {
                     tracing::debug!(host = %target.host, port = target.port, "egress: not allowed");
-                    return Refusal::NotAllowed.response();
+                    return self.refuse(Refusal::NotAllowed);
                 }
                 let stream = match self.dial(&target).await {
                     Ok(stream) => stream,
-                    Err(refusal) => return refusal.response(),
+                    Err(refusal) => return self.refuse(refusal),
                 };
-                forward(request, origin, stream).await
+                match forward(request, origin, stream, self.idle_timeout).await {
+                    Ok(response) => {
+                        self.stats.count(Outcome::Forwarded);
+                        response
+                    }
+                    Err(refusal) => self.refuse(refusal),
+                }
             }
         }
     }
@@ -406,11 +448,13 @@ impl Inner {
         permit: OwnedSemaphorePermit,
     ) {
         let tunnels = self.tunnels.clone();
+        let stats = self.stats.clone();
         let (idle, lifetime) = (self.idle_timeout, self.max_lifetime);
         tokio::spawn(async move {
             match upgrade.await {
                 Ok(client) => {
                     tracing::debug!(host = %target.host, port = target.port, "egress tunnel open");
+                    let _open = stats.tunnel_open();
                     tunnels
                         .splice(TokioIo::new(client), stream, idle, lifetime)
                         .await;
@@ -425,16 +469,20 @@ impl Inner {
 /// Sends an absolute-form request on as origin-form over `stream`, streamed both ways, with
 /// hop-by-hop fields (`Proxy-Authorization` among them) removed and `Host` set from the
 /// request-target (RFC 9112 §3.2.2: a proxy replaces a received Host with the target's
-/// authority).
-async fn forward<B>(
+/// authority). The exchange ends after `idle` without a byte either way: before the
+/// response head that is a `504`, after it an aborted body. Sizes stay bounded: bodies move
+/// frame by frame under backpressure, and hyper caps the response head (its read buffer).
+async fn forward<B, T>(
     request: Request<B>,
     origin: http::Uri,
-    stream: TcpStream,
-) -> Response<EgressBody>
+    stream: T,
+    idle: Duration,
+) -> Result<Response<EgressBody>, Refusal>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut parts, body) = request.into_parts();
     let host = parts
@@ -447,29 +495,51 @@ where
     }
     parts.uri = origin;
     parts.version = http::Version::HTTP_11;
-    let request = Request::from_parts(parts, body);
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(err) => {
-                tracing::debug!(error = %err, "egress: handshake failed");
-                return Refusal::Unreachable.response();
-            }
-        };
-    tokio::spawn(async move {
+    let activity = Activity::new(idle);
+    let request = Request::from_parts(parts, Progress::new(body, activity.clone()));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| {
+            tracing::debug!(error = %err, "egress: handshake failed");
+            Refusal::Unreachable
+        })?;
+    let connection = tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "egress: destination connection ended");
         }
     });
-    match sender.send_request(request).await {
+    let sent = sender.send_request(request);
+    tokio::pin!(sent);
+    let timer = tokio::time::sleep_until(activity.deadline());
+    tokio::pin!(timer);
+    let answer = loop {
+        tokio::select! {
+            answer = &mut sent => break answer,
+            () = &mut timer => {
+                // An upload still moving pushes the deadline on.
+                let deadline = activity.deadline();
+                if deadline <= tokio::time::Instant::now() {
+                    tracing::debug!("egress: destination silent beyond the idle timeout");
+                    connection.abort();
+                    return Err(Refusal::Silent);
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+    };
+    match answer {
         Ok(response) => {
+            activity.touch();
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, EgressBody::destination(body))
+            Ok(Response::from_parts(
+                parts,
+                EgressBody::destination(body, activity),
+            ))
         }
         Err(err) => {
             tracing::debug!(error = %err, "egress: destination failed");
-            Refusal::Unreachable.response()
+            Err(Refusal::Unreachable)
         }
     }
 }
@@ -659,6 +729,139 @@ mod tests {
         .await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A request body fed by the test, one frame per message.
+    struct Fed(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+    impl http_body::Body for Fed {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+        }
+    }
+
+    /// Reads one request head (and `body` more bytes) as the destination.
+    async fn read_request(io: &mut tokio::io::DuplexStream, body: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(io.read(&mut byte).await.unwrap(), 1, "{got:?}");
+            got.push(byte[0]);
+        }
+        let mut rest = vec![0u8; body];
+        io.read_exact(&mut rest).await.unwrap();
+        got.extend(rest);
+        got
+    }
+
+    fn post<B>(body: B) -> Request<B> {
+        Request::post("http://api.kestra.io/v1/x")
+            .header(PROXY_AUTHORIZATION, "Basic a2VzdHJhOnB3")
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_destination_is_504_after_the_idle_timeout_and_a_moving_upload_is_not() {
+        use tokio::io::AsyncWriteExt;
+        let idle = Duration::from_secs(3);
+        let origin: http::Uri = "/v1/x".parse().unwrap();
+
+        // The destination reads the request and never answers.
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let destination = tokio::spawn(async move {
+            let head = read_request(&mut theirs, 0).await;
+            std::future::pending::<()>().await;
+            drop((head, theirs));
+        });
+        let started = tokio::time::Instant::now();
+        let answer = forward(
+            post(Empty::<bytes::Bytes>::new()),
+            origin.clone(),
+            ours,
+            idle,
+        )
+        .await;
+        assert!(matches!(answer, Err(Refusal::Silent)), "{answer:?}");
+        assert_eq!(started.elapsed(), idle);
+        assert_eq!(
+            Refusal::Silent.response().status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        destination.abort();
+
+        // Five frames 2 s apart, the end 2 s after the last: 10 s in all, never 3 s without a
+        // byte.
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let (feed, fed) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                feed.send(bytes::Bytes::from_static(b"chunk"))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+        let destination = tokio::spawn(async move {
+            // Chunked: five 5-byte chunks and the last chunk.
+            let request = read_request(&mut theirs, 5 * 10 + 5).await;
+            theirs
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            request
+        });
+        let started = tokio::time::Instant::now();
+        let response = forward(post(Fed(fed)), origin, ours, idle).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        let request = String::from_utf8(destination.await.unwrap()).unwrap();
+        assert!(request.starts_with("POST /v1/x HTTP/1.1\r\n"), "{request}");
+        assert!(!request.to_ascii_lowercase().contains("proxy-authorization"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_body_that_stalls_is_cut_and_one_that_moves_is_not() {
+        use http_body_util::BodyExt;
+        use tokio::io::AsyncWriteExt;
+        let idle = Duration::from_secs(3);
+        let origin: http::Uri = "/v1/x".parse().unwrap();
+        for stall in [Duration::from_secs(2), Duration::from_secs(4)] {
+            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                read_request(&mut theirs, 0).await;
+                theirs
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(stall).await;
+                theirs.write_all(b"world").await.unwrap();
+                std::future::pending::<()>().await;
+                drop(theirs);
+            });
+            let request = Request::get("http://api.kestra.io/v1/x")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = forward(request, origin.clone(), ours, idle).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let body = response.into_body().collect().await;
+            if stall < idle {
+                assert_eq!(&body.unwrap().to_bytes()[..], b"helloworld");
+            } else {
+                let err = body.unwrap_err();
+                assert!(err.is_idle(), "{err}");
+                assert_eq!(started.elapsed(), idle);
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ const TUNNELS_OPEN: &str = "kestra_edge_tunnels_open";
 const UPSTREAM_UP: &str = "kestra_edge_upstream_up";
 const UPSTREAM_REQUESTS: &str = "kestra_edge_upstream_requests_total";
 const REJECTIONS: &str = "kestra_edge_limit_rejections_total";
+const EGRESS_TUNNELS_OPEN: &str = "kestra_edge_egress_tunnels_open";
+const EGRESS_REQUESTS: &str = "kestra_edge_egress_requests_total";
 
 /// The `method` label: the nine methods of RFC 9110 §9 and PATCH (RFC 5789), else `other`.
 const METHODS: [&str; 10] = [
@@ -78,10 +80,18 @@ pub enum UpstreamView {
         /// Each replica now.
         replicas: ReplicaSource,
     },
+    /// No upstream: the egress forward proxy alone. None of the reverse proxy's series
+    /// (see [`Metrics::egress`] for the forward proxy's), and `/readyz` follows the drain
+    /// only.
+    None,
 }
 
 /// Reads the replicas when scraped.
 pub type ReplicaSource = Box<dyn Fn() -> Vec<ReplicaSample> + Send + Sync>;
+
+/// Reads the egress forward proxy when scraped: its open tunnels, and its requests by
+/// outcome (labels from the proxy's own fixed set).
+type EgressSource = Box<dyn Fn() -> (u64, Vec<(&'static str, u64)>) + Send + Sync>;
 
 /// One replica as scraped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +124,7 @@ impl fmt::Debug for UpstreamView {
         match self {
             Self::Single { label } => f.debug_struct("Single").field("label", label).finish(),
             Self::Replicas { .. } => f.debug_struct("Replicas").finish_non_exhaustive(),
+            Self::None => f.write_str("None"),
         }
     }
 }
@@ -139,6 +150,7 @@ pub(crate) struct Inner {
     upstreams: UpstreamView,
     tunnels: OnceLock<Tunnels>,
     connections: OnceLock<Connections>,
+    egress: OnceLock<EgressSource>,
 }
 
 impl fmt::Debug for Metrics {
@@ -164,11 +176,12 @@ impl Metrics {
             Err(_) => PrometheusBuilder::new().build_recorder(),
         };
         describe(&recorder);
-        let durations = METHODS.map(|method| {
-            recorder.register_histogram(
+        let durations = METHODS.map(|method| match upstreams {
+            UpstreamView::None => Histogram::noop(),
+            _ => recorder.register_histogram(
                 &Key::from_parts(DURATION, vec![Label::new("method", method)]),
                 &METADATA,
-            )
+            ),
         });
         Self {
             inner: Arc::new(Inner {
@@ -185,6 +198,7 @@ impl Metrics {
                 upstreams,
                 tunnels: OnceLock::new(),
                 connections: OnceLock::new(),
+                egress: OnceLock::new(),
             }),
         }
     }
@@ -204,11 +218,25 @@ impl Metrics {
         self
     }
 
+    /// Reads the egress forward proxy when scraped, as `kestra_edge_egress_tunnels_open`
+    /// (gauge) and `kestra_edge_egress_requests_total{outcome}` (counter): `source` returns
+    /// the open tunnels and each outcome's label and count (the proxy's fixed set, such as
+    /// `kestra_edge_egress::EgressSnapshot::outcomes`). Without it, neither is rendered. The
+    /// first call wins.
+    pub fn egress(
+        &self,
+        source: impl Fn() -> (u64, Vec<(&'static str, u64)>) + Send + Sync + 'static,
+    ) -> &Self {
+        let _ = self.inner.egress.set(Box::new(source));
+        self
+    }
+
     /// Whether at least one upstream is healthy (see [`UpstreamView`]).
     pub fn any_upstream_up(&self) -> bool {
         match &self.inner.upstreams {
             UpstreamView::Single { .. } => self.inner.single_up.load(Ordering::Relaxed),
             UpstreamView::Replicas { replicas } => replicas().iter().any(|r| r.up),
+            UpstreamView::None => true,
         }
     }
 
@@ -232,74 +260,85 @@ impl Metrics {
                 .register_gauge(&Key::from_parts(name, labels), &METADATA)
                 .set(value);
         };
-        for (i, count) in inner.requests.iter().enumerate() {
-            let value = count.load(Ordering::Relaxed);
-            if value > 0 {
-                let status = STATUS_FIRST + (i % STATUSES) as u16;
-                counter(
-                    REQUESTS,
-                    vec![
-                        Label::new("method", METHODS[i / STATUSES]),
-                        Label::new("status", status.to_string()),
-                    ],
-                    value,
-                );
-            }
-        }
-        gauge(
-            SSE_OPEN,
-            Vec::new(),
-            inner.sse_open.load(Ordering::Relaxed) as f64,
-        );
-        counter(
-            SSE_TOTAL,
-            Vec::new(),
-            inner.sse_total.load(Ordering::Relaxed),
-        );
-        let tunnels = inner.tunnels.get().map_or(0, Tunnels::open);
-        gauge(TUNNELS_OPEN, Vec::new(), tunnels as f64);
-        let requests = |label: &str, outcomes: [u64; 5]| {
-            for (outcome, count) in OUTCOMES.iter().zip(outcomes) {
-                counter(
-                    UPSTREAM_REQUESTS,
-                    vec![
-                        Label::new("upstream", label.to_owned()),
-                        Label::new("outcome", *outcome),
-                    ],
-                    count,
-                );
-            }
-        };
-        match &inner.upstreams {
-            UpstreamView::Single { label } => {
-                let up = inner.single_up.load(Ordering::Relaxed);
-                gauge(UPSTREAM_UP, up_label(label), f64::from(u8::from(up)));
-                requests(
-                    label,
-                    inner.outcomes.each_ref().map(|c| c.load(Ordering::Relaxed)),
-                );
-            }
-            UpstreamView::Replicas { replicas } => {
-                for replica in replicas() {
-                    let up = f64::from(u8::from(replica.up));
-                    gauge(UPSTREAM_UP, up_label(&replica.label), up);
-                    requests(&replica.label, replica.outcomes);
+        // The forward proxy alone has no reverse-proxy series.
+        if !matches!(inner.upstreams, UpstreamView::None) {
+            for (i, count) in inner.requests.iter().enumerate() {
+                let value = count.load(Ordering::Relaxed);
+                if value > 0 {
+                    let status = STATUS_FIRST + (i % STATUSES) as u16;
+                    counter(
+                        REQUESTS,
+                        vec![
+                            Label::new("method", METHODS[i / STATUSES]),
+                            Label::new("status", status.to_string()),
+                        ],
+                        value,
+                    );
                 }
             }
-        }
-        for ((reason, _), count) in REASONS.iter().zip(&inner.rejections) {
-            counter(
-                REJECTIONS,
-                vec![Label::new("reason", *reason)],
-                count.load(Ordering::Relaxed),
+            gauge(
+                SSE_OPEN,
+                Vec::new(),
+                inner.sse_open.load(Ordering::Relaxed) as f64,
             );
-        }
-        if let Some(connections) = inner.connections.get() {
             counter(
-                REJECTIONS,
-                vec![Label::new("reason", "head_too_large")],
-                connections.heads_too_large(),
+                SSE_TOTAL,
+                Vec::new(),
+                inner.sse_total.load(Ordering::Relaxed),
             );
+            let tunnels = inner.tunnels.get().map_or(0, Tunnels::open);
+            gauge(TUNNELS_OPEN, Vec::new(), tunnels as f64);
+            let requests = |label: &str, outcomes: [u64; 5]| {
+                for (outcome, count) in OUTCOMES.iter().zip(outcomes) {
+                    counter(
+                        UPSTREAM_REQUESTS,
+                        vec![
+                            Label::new("upstream", label.to_owned()),
+                            Label::new("outcome", *outcome),
+                        ],
+                        count,
+                    );
+                }
+            };
+            match &inner.upstreams {
+                UpstreamView::Single { label } => {
+                    let up = inner.single_up.load(Ordering::Relaxed);
+                    gauge(UPSTREAM_UP, up_label(label), f64::from(u8::from(up)));
+                    requests(
+                        label,
+                        inner.outcomes.each_ref().map(|c| c.load(Ordering::Relaxed)),
+                    );
+                }
+                UpstreamView::Replicas { replicas } => {
+                    for replica in replicas() {
+                        let up = f64::from(u8::from(replica.up));
+                        gauge(UPSTREAM_UP, up_label(&replica.label), up);
+                        requests(&replica.label, replica.outcomes);
+                    }
+                }
+                UpstreamView::None => {}
+            }
+            for ((reason, _), count) in REASONS.iter().zip(&inner.rejections) {
+                counter(
+                    REJECTIONS,
+                    vec![Label::new("reason", *reason)],
+                    count.load(Ordering::Relaxed),
+                );
+            }
+            if let Some(connections) = inner.connections.get() {
+                counter(
+                    REJECTIONS,
+                    vec![Label::new("reason", "head_too_large")],
+                    connections.heads_too_large(),
+                );
+            }
+        }
+        if let Some(egress) = inner.egress.get() {
+            let (open, outcomes) = egress();
+            gauge(EGRESS_TUNNELS_OPEN, Vec::new(), open as f64);
+            for (outcome, count) in outcomes {
+                counter(EGRESS_REQUESTS, vec![Label::new("outcome", outcome)], count);
+            }
         }
         let mut text = recorder.handle().render();
         crate::process::render(&mut text);
@@ -345,11 +384,21 @@ fn describe(recorder: &PrometheusRecorder) {
             None,
             "Requests refused by a gateway limit, by reason.",
         ),
+        (
+            EGRESS_TUNNELS_OPEN,
+            None,
+            "CONNECT tunnels of the egress forward proxy open.",
+        ),
+        (
+            EGRESS_REQUESTS,
+            None,
+            "Requests to the egress forward proxy, by outcome.",
+        ),
     ] {
         let help = help.into();
         match name {
             DURATION => recorder.describe_histogram(name.into(), unit, help),
-            SSE_OPEN | TUNNELS_OPEN | UPSTREAM_UP => {
+            SSE_OPEN | TUNNELS_OPEN | UPSTREAM_UP | EGRESS_TUNNELS_OPEN => {
                 recorder.describe_gauge(name.into(), unit, help);
             }
             _ => recorder.describe_counter(name.into(), unit, help),
@@ -519,6 +568,40 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_egress_proxy_is_read_when_scraped_and_only_when_there_is_one() {
+        let metrics = Metrics::new(UpstreamView::None);
+        assert!(
+            metrics.any_upstream_up(),
+            "no upstream is never an unhealthy one"
+        );
+        let text = metrics.render();
+        assert!(!text.contains("kestra_edge_egress"), "{text}");
+        // Only the process's series: nothing of a reverse proxy that is not there.
+        assert!(!text.contains("kestra_edge_"), "{text}");
+        assert!(text.contains("process_open_fds"), "{text}");
+        let open = Arc::new(AtomicU64::new(2));
+        let read = open.clone();
+        metrics.egress(move || {
+            let open = read.load(Ordering::Relaxed);
+            (open, vec![("tunnel", 5), ("private", 0)])
+        });
+        let text = metrics.render();
+        for line in [
+            "# TYPE kestra_edge_egress_tunnels_open gauge",
+            "kestra_edge_egress_tunnels_open 2",
+            "# TYPE kestra_edge_egress_requests_total counter",
+            "kestra_edge_egress_requests_total{outcome=\"tunnel\"} 5",
+            "kestra_edge_egress_requests_total{outcome=\"private\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        open.store(0, Ordering::Relaxed);
+        assert!(metrics
+            .render()
+            .contains("kestra_edge_egress_tunnels_open 0\n"));
     }
 
     #[test]

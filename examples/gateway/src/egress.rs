@@ -6,6 +6,7 @@ use kestra_edge::{
     server::Server,
     Tunnels,
 };
+use kestra_edge_telemetry::{Admin, Metrics, UpstreamView};
 use std::{
     future::Future,
     io,
@@ -22,6 +23,9 @@ pub struct EgressListener {
     egress: Egress,
     shutdown_grace: Duration,
     allowed: usize,
+    /// `--admin-listen` when the forward proxy runs alone (beside the reverse proxy, the
+    /// gateway's admin listener reports it: [`report_to`](Self::report_to)).
+    admin: Option<(Server, Admin)>,
 }
 
 impl EgressListener {
@@ -43,12 +47,38 @@ impl EgressListener {
             .max_header_bytes(listen.max_header_bytes)
             .max_headers(listen.max_headers)
             .shutdown_grace(listen.shutdown_grace);
-        Ok(Some(Self {
+        let mut bound = Self {
             server,
             egress,
             shutdown_grace: listen.shutdown_grace,
             allowed: config.egress.allow.len(),
-        }))
+            admin: None,
+        };
+        if let (true, Some(addr)) = (config.egress.alone, config.telemetry.admin_listen) {
+            let metrics = Metrics::new(UpstreamView::None);
+            bound.report_to(&metrics);
+            bound.admin = Some((Server::bind(addr).await?, Admin::new(metrics)));
+        }
+        Ok(Some(bound))
+    }
+
+    /// Reports the forward proxy's open tunnels and requests by outcome in `metrics` (read
+    /// when scraped): `kestra_edge_egress_tunnels_open` and
+    /// `kestra_edge_egress_requests_total{outcome}`.
+    pub fn report_to(&self, metrics: &Metrics) {
+        let stats = self.egress.stats().clone();
+        metrics.egress(move || {
+            let now = stats.snapshot();
+            let outcomes = now.outcomes().map(|(o, n)| (o.as_str(), n)).collect();
+            (now.tunnels_open, outcomes)
+        });
+    }
+
+    /// The address of its own `--admin-listen` listener (the forward proxy alone).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|(server, _)| server.local_addr().ok())
     }
 
     /// The address the forward proxy listens on.
@@ -77,23 +107,49 @@ impl EgressListener {
             ),
             Err(err) => tracing::warn!(error = %err, "egress listener has no address"),
         }
+        if let Some(admin) = self.admin_addr() {
+            tracing::info!(listen = %admin, "admin listener: /metrics, /livez, /readyz");
+        }
     }
 
     /// Serves until `shutdown` resolves; then in-flight requests and tunnels get the
     /// shutdown grace, and what is left is closed.
+    /// Its own admin listener, if any, answers `/readyz` 503 from the start of the drain
+    /// and stops after it.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let began = Arc::new(OnceLock::new());
         let marked = began.clone();
         let tunnels = self.egress.tunnels().clone();
+        let (served, served_rx) = tokio::sync::oneshot::channel::<()>();
+        let (readiness, admin) = match self.admin {
+            Some((server, admin)) => (
+                Some(admin.readiness().clone()),
+                Some(tokio::spawn(server.serve(admin, async move {
+                    let _ = served_rx.await;
+                }))),
+            ),
+            None => (None, None),
+        };
         let result = self
             .server
             .serve(self.egress, async move {
                 shutdown.await;
+                if let Some(readiness) = readiness {
+                    readiness.drain();
+                }
                 let _ = marked.set(Instant::now());
             })
             .await;
         let began = began.get().copied().unwrap_or_else(Instant::now);
         tunnels.drain(began + self.shutdown_grace).await;
+        drop(served);
+        if let Some(admin) = admin {
+            match admin.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "admin listener failed"),
+                Err(err) => tracing::warn!(error = %err, "admin listener panicked"),
+            }
+        }
         result
     }
 }

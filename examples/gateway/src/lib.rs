@@ -251,6 +251,11 @@ impl Gateway {
             .and_then(|admin| admin.server.local_addr().ok())
     }
 
+    /// The metrics the admin listener serves, when `--admin-listen` is given.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.admin.as_ref().map(|admin| &admin.metrics)
+    }
+
     /// Kestra's credentials (for SIGHUP), when `--kestra-credentials-file` is given.
     pub fn kestra_credentials(&self) -> Option<kestra_edge::auth::KestraCredentials> {
         self.auth.kestra_credentials().cloned()

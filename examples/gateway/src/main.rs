@@ -61,6 +61,9 @@ async fn main() -> ExitCode {
             };
         }
     };
+    if let (Some(egress), Some(metrics)) = (&egress, gateway.metrics()) {
+        egress.report_to(metrics);
+    }
     let addr = match gateway.local_addr() {
         Ok(addr) => addr,
         Err(err) => {
