@@ -27,6 +27,7 @@ mod report;
 mod soak;
 mod sse;
 mod targets;
+mod telemetry;
 mod tls;
 mod ws;
 
@@ -110,6 +111,9 @@ enum Group {
     Tls,
     /// Small GETs through three upstream replicas, and through one in the same run.
     Balance,
+    /// Small GETs through kestra-edge without and with its metrics, access log and request
+    /// ids, in the same run.
+    Telemetry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +137,15 @@ enum Mode {
         /// The private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve the metrics on an admin listener (127.0.0.1:0), so the layer counts.
+        #[arg(long)]
+        admin: bool,
+        /// Write the access log (text) to this file.
+        #[arg(long)]
+        access_log: Option<PathBuf>,
+        /// Give every request an X-Request-Id.
+        #[arg(long)]
+        request_id: bool,
     },
     /// Serve the Kestra stand-in (SSE follow streams, WebSocket echo) and print
     /// `listening ADDR`.
@@ -161,10 +174,18 @@ fn main() -> Result<(), BoxError> {
             workers,
             tls_cert,
             tls_key,
+            admin,
+            access_log,
+            request_id,
         }) => serve(Serve::Gateway {
             upstream,
             workers,
             tls: tls_cert.zip(tls_key),
+            telemetry: Telemetry {
+                admin,
+                access_log,
+                request_id,
+            },
         }),
         Some(Mode::ServeStandin) => serve(Serve::Standin),
         Some(Mode::Soak { length, sample }) => {
@@ -188,7 +209,15 @@ enum Serve {
         upstream: Vec<String>,
         workers: Option<NonZeroUsize>,
         tls: Option<(PathBuf, PathBuf)>,
+        telemetry: Telemetry,
     },
+}
+
+/// What the gateway child counts and logs (nothing by default).
+struct Telemetry {
+    admin: bool,
+    access_log: Option<PathBuf>,
+    request_id: bool,
 }
 
 /// Child mode: serve on 127.0.0.1:0 until stdin closes.
@@ -213,6 +242,7 @@ fn serve(what: Serve) -> Result<(), BoxError> {
                 upstream,
                 workers,
                 tls,
+                telemetry,
             } => {
                 let mut upstream = upstream.into_iter();
                 let mut config = GatewayConfig::for_upstream(upstream.next().unwrap_or_default());
@@ -230,7 +260,19 @@ fn serve(what: Serve) -> Result<(), BoxError> {
                     config.tls.cert_file = Some(cert);
                     config.tls.key_file = Some(key);
                 }
-                let gateway = Gateway::bind(config).await?;
+                if telemetry.admin {
+                    config.telemetry.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+                }
+                config.telemetry.request_id = telemetry.request_id;
+                let log = match &telemetry.access_log {
+                    Some(path) => Some(kestra_edge_telemetry::AccessLog::to_writer(
+                        kestra_edge_telemetry::AccessLogFormat::Text,
+                        std::fs::File::create(path)?,
+                        kestra_edge_telemetry::DEFAULT_BUFFERED_BYTES,
+                    )),
+                    None => None,
+                };
+                let gateway = Gateway::bind_with_log(config, log).await?;
                 if wants_tls != (gateway.scheme() == "https") {
                     return Err(format!("gateway serves {}", gateway.scheme()).into());
                 }
@@ -481,6 +523,9 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     }
     if wanted(Group::Balance) {
         balance::run(cli, &runtime, &proxies, &mut report)?;
+    }
+    if wanted(Group::Telemetry) {
+        telemetry::run(cli, &runtime, &proxies, &mut report)?;
     }
     report.print();
     if let Some(dir) = cli.json.parent() {

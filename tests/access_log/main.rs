@@ -62,6 +62,7 @@ impl Captured {
 
 struct Logged {
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     log: AccessLog,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -71,6 +72,7 @@ impl Logged {
     async fn start(config: GatewayConfig, log: AccessLog) -> Self {
         let gateway = Gateway::bind_with_log(config, Some(log)).await.unwrap();
         let addr = gateway.local_addr().unwrap();
+        let admin = gateway.admin_addr();
         let log = gateway.access_log().unwrap().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve(async {
@@ -78,6 +80,7 @@ impl Logged {
         }));
         Self {
             addr,
+            admin,
             log,
             stop: Some(stop),
             task,
@@ -105,7 +108,7 @@ fn config_for(standin: &Standin) -> GatewayConfig {
 }
 
 fn json_log(captured: &Captured) -> AccessLog {
-    AccessLog::to_writer(AccessLogFormat::Json, captured.clone(), 1024)
+    AccessLog::to_writer(AccessLogFormat::Json, captured.clone(), 1 << 20)
 }
 
 #[tokio::test]
@@ -312,8 +315,10 @@ impl Write for Stalled {
 async fn a_stalled_output_drops_lines_not_requests() {
     let standin = standin().await;
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let log = AccessLog::to_writer(AccessLogFormat::Text, Stalled(gate.clone()), 8);
-    let gateway = Logged::start(config_for(&standin), log).await;
+    let log = AccessLog::to_writer(AccessLogFormat::Text, Stalled(gate.clone()), 4096);
+    let mut config = config_for(&standin);
+    config.telemetry.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let gateway = Logged::start(config, log).await;
     let http = client();
     for _ in 0..200 {
         let response = http.get(gateway.url("/kestra/ping")).send().await.unwrap();
@@ -321,6 +326,23 @@ async fn a_stalled_output_drops_lines_not_requests() {
     }
     let dropped = gateway.log.dropped();
     assert!(dropped >= 100, "dropped {dropped}");
+    // The operator sees it on the admin listener.
+    let metrics = client()
+        .get(format!("http://{}/metrics", gateway.admin.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scraped: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("kestra_edge_access_log_dropped_total "))
+        .unwrap_or_else(|| panic!("no dropped-lines counter:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(scraped >= dropped, "{scraped} < {dropped}");
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
     gateway.stop().await;

@@ -972,3 +972,115 @@ async fn the_forward_proxy_alone_serves_its_own_admin_listener() {
     assert!(TcpStream::connect(admin).await.is_err());
     assert!(TcpStream::connect(proxy).await.is_err());
 }
+
+/// The access log's output, read back by the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Waits (every 5 ms, at most 5 s) for a line of `kind`.
+    async fn line(&self, kind: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self
+                .text()
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .find(|line| line["kind"] == kind);
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} line:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_has_a_line_per_tunnel_when_it_ends_and_per_forwarded_request() {
+    use kestra_edge_gateway::{EgressListener, GatewayConfig};
+    use kestra_edge_telemetry::{AccessLog, AccessLogFormat};
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let destination = EchoServer::start().await;
+    let dir = temp_dir("log");
+    let mut config = GatewayConfig::for_upstream("http://127.0.0.1:9");
+    config.egress.listen = Some(LOOPBACK);
+    config.egress.allow = vec!["127.0.0.1".to_owned()];
+    config.egress.allow_private = true;
+    config.egress.credentials_file = Some(users(&dir));
+    let captured = Captured::default();
+    let log = AccessLog::to_writer(AccessLogFormat::Json, captured.clone(), 1 << 20);
+    let egress = EgressListener::bind(&config)
+        .await
+        .unwrap()
+        .unwrap()
+        .with_access_log(Some(log));
+    let proxy = egress.local_addr().unwrap();
+    tokio::spawn(egress.serve(std::future::pending()));
+
+    // A tunnel: its line comes when it ends, with its bytes each way.
+    let echo = format!("127.0.0.1:{}", destination.addr.port());
+    let (status, _, mut tunnel) = connect(proxy, &echo, Some(GOOD)).await;
+    assert_eq!(status, 200);
+    tunnel.write_all(b"ping-pong!").await.unwrap();
+    let mut echoed = [0u8; 10];
+    tunnel.read_exact(&mut echoed).await.unwrap();
+    // A forwarded request meanwhile: once its line is out, a tunnel line would be too.
+    let ping = format!("127.0.0.1:{}", standin.addr().port());
+    let (status, head, _) = raw(
+        proxy,
+        &format!(
+            "GET http://{ping}/kestra/ping?token=secret HTTP/1.1\r\nHost: {ping}\r\nProxy-Authorization: {GOOD}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let forward = captured.line("forward").await;
+    assert_eq!(forward["method"], "GET");
+    assert_eq!(forward["target"], format!("http://{ping}/kestra/ping"));
+    assert_eq!(forward["status"], 200);
+    assert_eq!(forward["upstream"], ping);
+    assert!(
+        !captured.text().contains("\"connect\""),
+        "{}",
+        captured.text()
+    );
+
+    drop(tunnel);
+    let line = captured.line("connect").await;
+    assert_eq!(line["method"], "CONNECT");
+    assert_eq!(line["target"], echo);
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["upstream"], echo);
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["bytes_in"], 10);
+    assert_eq!(line["bytes_out"], 10);
+    assert_eq!(line["end"], "finished");
+    // A refusal is a line too, and no credential ever is.
+    let (status, _, _) = connect(proxy, &echo, Some(WRONG)).await;
+    assert_eq!(status, 407);
+    let text = captured.text();
+    assert!(
+        !text.contains("secret") && !text.contains("a2VzdHJh"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -8,10 +8,7 @@ use crate::{
     layer::Config,
 };
 use bytes::Bytes;
-use http::{
-    header::SET_COOKIE,
-    HeaderName, HeaderValue, Request, Response, StatusCode,
-};
+use http::{header::SET_COOKIE, HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use std::{
     fmt,

@@ -15,8 +15,8 @@ use http::{
     HeaderValue, Request, Response, StatusCode,
 };
 use hyper_util::rt::TokioIo;
-use kestra_edge_headers::{plain_text, remove_hop_by_hop};
-use kestra_edge_upgrade::{Tunnels, DEFAULT_TUNNEL_IDLE_TIMEOUT};
+use kestra_edge_headers::{plain_text, remove_hop_by_hop, ServedBy};
+use kestra_edge_upgrade::{ObserveTunnel, Tunnels, DEFAULT_TUNNEL_IDLE_TIMEOUT};
 use std::{
     convert::Infallible,
     error::Error as StdError,
@@ -371,9 +371,15 @@ impl Inner {
                     Err(refusal) => return self.refuse(refusal),
                 };
                 let upgrade = hyper::upgrade::on(&mut request);
-                self.tunnel(target, upgrade, stream, permit);
+                let observer = request.extensions_mut().remove::<ObserveTunnel>();
+                let dialled = served_by(&stream);
+                self.tunnel(target, upgrade, stream, permit, observer);
                 self.stats.count(Outcome::Tunnel);
-                Response::new(EgressBody::empty())
+                let mut response = Response::new(EgressBody::empty());
+                if let Some(dialled) = dialled {
+                    response.extensions_mut().insert(dialled);
+                }
+                response
             }
             Kind::Forward(target, origin) => {
                 if !self.allow.allows(&target) {
@@ -384,9 +390,13 @@ impl Inner {
                     Ok(stream) => stream,
                     Err(refusal) => return self.refuse(refusal),
                 };
+                let dialled = served_by(&stream);
                 match forward(request, origin, stream, self.idle_timeout).await {
-                    Ok(response) => {
+                    Ok(mut response) => {
                         self.stats.count(Outcome::Forwarded);
+                        if let Some(dialled) = dialled {
+                            response.extensions_mut().insert(dialled);
+                        }
                         response
                     }
                     Err(refusal) => self.refuse(refusal),
@@ -446,6 +456,7 @@ impl Inner {
         upgrade: hyper::upgrade::OnUpgrade,
         stream: TcpStream,
         permit: OwnedSemaphorePermit,
+        observer: Option<ObserveTunnel>,
     ) {
         let tunnels = self.tunnels.clone();
         let stats = self.stats.clone();
@@ -455,15 +466,24 @@ impl Inner {
                 Ok(client) => {
                     tracing::debug!(host = %target.host, port = target.port, "egress tunnel open");
                     let _open = stats.tunnel_open();
-                    tunnels
+                    let end = tunnels
                         .splice(TokioIo::new(client), stream, idle, lifetime)
                         .await;
+                    if let Some(observer) = observer {
+                        observer.0.ended(&end);
+                    }
                 }
                 Err(err) => tracing::debug!(error = %err, "egress: CONNECT not upgraded"),
             }
             drop(permit);
         });
     }
+}
+
+/// The address dialled, for an access log ([`ServedBy`] on the answer).
+fn served_by(stream: &TcpStream) -> Option<ServedBy> {
+    let addr = stream.peer_addr().ok()?;
+    Some(ServedBy(addr.to_string().into()))
 }
 
 /// Sends an absolute-form request on as origin-form over `stream`, streamed both ways, with

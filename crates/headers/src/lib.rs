@@ -145,6 +145,11 @@ pub fn plain_text<B: From<&'static str>>(status: StatusCode, text: &'static str)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GatewayAnswer;
 
+/// A response extension naming the upstream that answered (a replica's `ip:port`, a forward
+/// proxy's destination address), for an access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedBy(pub std::sync::Arc<str>);
+
 /// Sets `Content-Type: text/plain; charset=utf-8` on one of the gateway's own answers and
 /// marks it as a [`GatewayAnswer`]; every layer's own answers go through here.
 pub fn mark_gateway_answer<B>(response: &mut Response<B>) {

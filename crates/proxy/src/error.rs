@@ -63,11 +63,6 @@ pub enum UpstreamFailure {
     ResponseTimeout,
 }
 
-/// A response extension naming the upstream that answered (a replica's `ip:port`), put on
-/// by a balancer that is asked to, for an access log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServedBy(pub std::sync::Arc<str>);
-
 impl UpstreamFailure {
     /// Whether the request certainly never reached the upstream, so that it may be sent to
     /// another one whatever its method.

@@ -76,8 +76,9 @@ mod service;
 mod tls;
 
 pub use body::{BodyTimeout, BodyTooLarge, ProxyBody, RequestBody};
-pub use error::{BodyError, ProxyError, ServedBy, UpstreamFailure, UpstreamTlsError, UpstreamTlsReason};
+pub use error::{BodyError, ProxyError, UpstreamFailure, UpstreamTlsError, UpstreamTlsReason};
 pub use future::{EventStreamReadTimeout, ResponseFuture};
+pub use kestra_edge_headers::ServedBy;
 pub use service::{
     BuildError, ReverseProxy, ReverseProxyBuilder, UpgradeProtocol, DEFAULT_BODY_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT,

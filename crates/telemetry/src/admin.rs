@@ -61,6 +61,11 @@ impl Admin {
         }
     }
 
+    /// The metrics `/metrics` renders.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The readiness switch `/readyz` reads; [`Readiness::drain`] it on shutdown.
     pub fn readiness(&self) -> &Readiness {
         &self.readiness

@@ -62,6 +62,20 @@ impl TelemetryLayer {
         self.log = Some(Logging {
             log,
             upstream: upstream.map(Arc::from),
+            forward_proxy: false,
+        });
+        self
+    }
+
+    /// Writes the lines of a forward proxy (kestra-edge-egress's `Egress`) to `log`: a
+    /// `connect` line when a `CONNECT` tunnel ends, with its destination (`host:port`), the
+    /// address dialled and its bytes each way; a `forward` line per absolute-form request
+    /// (`http://host/path`, without the query).
+    pub fn forward_proxy_log(mut self, log: AccessLog) -> Self {
+        self.log = Some(Logging {
+            log,
+            upstream: None,
+            forward_proxy: true,
         });
         self
     }
@@ -219,7 +233,7 @@ mod tests {
     #[tokio::test]
     async fn each_request_gets_a_line_when_its_body_ends() {
         let captured = Captured::default();
-        let log = AccessLog::to_writer(crate::AccessLogFormat::Json, captured.clone(), 64);
+        let log = AccessLog::to_writer(crate::AccessLogFormat::Json, captured.clone(), 1 << 20);
         let service = TelemetryLayer::disabled()
             .access_log(log, Some("http://kestra:8080".into()))
             .layer(tower::service_fn(
@@ -316,5 +330,78 @@ mod tests {
         assert_eq!(lines[3]["end"], "done");
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_forward_proxy_logs_its_tunnels_when_they_end_and_its_requests() {
+        use kestra_edge_upgrade::{ObserveTunnel, TunnelEnd};
+        let captured = Captured::default();
+        let log = AccessLog::to_writer(crate::AccessLogFormat::Json, captured.clone(), 1 << 20);
+        // Stands for the forward proxy: a CONNECT is answered 200 and its tunnel "ends" at
+        // once with the bytes it carried; an absolute-form GET is answered from the origin.
+        let service = TelemetryLayer::disabled()
+            .forward_proxy_log(log)
+            .layer(tower::service_fn(
+                |mut req: Request<CountedBody<Empty<Bytes>>>| async move {
+                    let mut response = http::Response::new(Full::new(Bytes::new()));
+                    response
+                        .extensions_mut()
+                        .insert(kestra_edge_headers::ServedBy(Arc::from(
+                            "93.184.215.14:443",
+                        )));
+                    if let Some(observer) = req.extensions_mut().remove::<ObserveTunnel>() {
+                        tokio::spawn(async move {
+                            observer.0.ended(&TunnelEnd {
+                                from_client: 517,
+                                from_upstream: 4096,
+                                duration: std::time::Duration::from_millis(3),
+                                reason: "finished",
+                            });
+                        });
+                    } else {
+                        *response.body_mut() = Full::new(Bytes::from_static(b"origin"));
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                },
+            ));
+        let connect = Request::builder()
+            .method("CONNECT")
+            .uri("api.kestra.io:443")
+            .header("proxy-authorization", "Basic c2VjcmV0OnNlY3JldA==")
+            .body(Empty::new())
+            .unwrap();
+        let response = service.clone().oneshot(connect).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(response);
+        let forward = Request::builder()
+            .uri("http://plugins.example/v1/list?key=secret")
+            .body(Empty::new())
+            .unwrap();
+        let response = service.clone().oneshot(forward).await.unwrap();
+        assert_eq!(
+            &response.into_body().collect().await.unwrap().to_bytes()[..],
+            b"origin"
+        );
+        drop(service);
+        // The spawned "tunnel" holds the line's last reference until it has ended.
+        tokio::task::yield_now().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lines(&captured).len() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let lines = lines(&captured);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let forward = lines.iter().find(|l| l["kind"] == "forward").unwrap();
+        assert_eq!(forward["target"], "http://plugins.example/v1/list");
+        assert_eq!(forward["bytes_out"], 6);
+        let tunnel = lines.iter().find(|l| l["kind"] == "connect").unwrap();
+        assert_eq!(tunnel["method"], "CONNECT");
+        assert_eq!(tunnel["target"], "api.kestra.io:443");
+        assert_eq!(tunnel["upstream"], "93.184.215.14:443");
+        assert_eq!(tunnel["bytes_in"], 517);
+        assert_eq!(tunnel["bytes_out"], 4096);
+        assert_eq!(tunnel["end"], "finished");
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("secret") && !text.contains("c2Vj"), "{text}");
     }
 }

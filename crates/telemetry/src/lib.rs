@@ -1,4 +1,4 @@
-//! Prometheus metrics and health endpoints for kestra-edge.
+//! Prometheus metrics, health endpoints and the access log for kestra-edge.
 //!
 //! [`TelemetryLayer`] goes around the whole stack and counts, per request, what an operator
 //! needs to see into the gateway; [`Admin`] is the service of a separate admin listener
@@ -20,6 +20,11 @@
 //! # let _ = (admin, service);
 //! ```
 //!
+//! [`TelemetryLayer::access_log`] also writes one line per finished request (an event
+//! stream's at its end, a WebSocket's when its tunnel closes) to an [`AccessLog`]: text
+//! (logfmt) or JSON, never a header value or a query string, handed to a writer thread so
+//! that a slow output drops (and counts) lines instead of holding requests up.
+//!
 //! # Metrics
 //!
 //! | name | type | labels |
@@ -32,6 +37,9 @@
 //! | `kestra_edge_upstream_up` | gauge | `upstream`: 1 or 0 per replica from its health checks; one upstream without checks: 0 after a failed exchange, 1 after an answer |
 //! | `kestra_edge_upstream_requests_total` | counter | `upstream` (the URL, or each replica's `ip:port`), `outcome`: `response`, `connect_error`, `connect_timeout`, `closed`, `response_timeout`; with replicas, each attempt of a retried request counts on its replica |
 //! | `kestra_edge_limit_rejections_total` | counter | `reason`: `body_timeout` (408), `body_too_large` (413), `uri_too_long` (414), `too_many_requests` (429), `headers_too_large` (431), `no_healthy_upstream` (503 with `Retry-After`), `sse_streams_per_client` (429) and `sse_streams` (503) from the SSE guard's stream caps; `head_too_large`: heads over the accept loop's limits that hyper answered 431 or 414 itself, read from the server's [`Connections`](kestra_edge_server::Connections) |
+//! | `kestra_edge_egress_tunnels_open` | gauge | `CONNECT` tunnels of the egress forward proxy open, when [`Metrics::egress`] reads one |
+//! | `kestra_edge_egress_requests_total` | counter | `outcome`: the egress forward proxy's requests (`tunnel`, `forwarded`, `auth_required`, `forbidden`, `private`, `bad_request`, `bad_gateway`, `gateway_timeout`, `too_many_tunnels`) |
+//! | `kestra_edge_access_log_dropped_total` | counter | access-log lines dropped because the output did not keep up, when [`Metrics::access_log`] reads one |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | | from `/proc/self` (Linux) |
 //!
 //! Label values come from fixed sets or from the configuration, never from a request: no
@@ -64,7 +72,7 @@ mod process;
 mod registry;
 mod request_id;
 
-pub use access_log::{AccessLog, AccessLogFormat, Entry, DEFAULT_BUFFERED_LINES};
+pub use access_log::{AccessLog, AccessLogFormat, Entry, DEFAULT_BUFFERED_BYTES};
 pub use admin::{Admin, AdminBody, Readiness};
 pub use body::TelemetryBody;
 pub use future::ResponseFuture;

@@ -6,8 +6,8 @@ use bytes::Buf;
 use http::{header::CONTENT_ENCODING, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use kestra_edge_forwarded::ClientAddr;
-use kestra_edge_headers::GatewayAnswer;
-use kestra_edge_proxy::{ServedBy, UpstreamFailure};
+use kestra_edge_headers::{GatewayAnswer, ServedBy};
+use kestra_edge_proxy::UpstreamFailure;
 use kestra_edge_upgrade::{TunnelEnd, TunnelObserver};
 use pin_project_lite::pin_project;
 use std::{
@@ -29,6 +29,8 @@ const X_REQUEST_ID: &str = "x-request-id";
 pub(crate) struct Logging {
     pub(crate) log: AccessLog,
     pub(crate) upstream: Option<Arc<str>>,
+    /// Around a forward proxy: `connect` and `forward` lines.
+    pub(crate) forward_proxy: bool,
 }
 
 /// One request's line in the making.
@@ -54,6 +56,15 @@ impl Pending {
         started: Instant,
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> Self {
+        // What only a forward proxy is asked: `CONNECT host:port` over HTTP/1 (over HTTP/2,
+        // CONNECT is RFC 8441's WebSocket), and an absolute-form request.
+        let kind = if logging.forward_proxy && req.method() == Method::CONNECT {
+            "connect"
+        } else if logging.forward_proxy && req.uri().scheme().is_some() {
+            "forward"
+        } else {
+            "http"
+        };
         Self {
             log: logging.log.clone(),
             method: req.method().clone(),
@@ -62,7 +73,7 @@ impl Pending {
             started,
             bytes_in,
             status: 0,
-            kind: "http",
+            kind,
             upstream: logging.upstream.clone(),
             request_id: None,
             bytes_out: 0,
@@ -73,7 +84,7 @@ impl Pending {
     /// replica, the request id.
     pub(crate) fn head<B>(&mut self, response: &Response<B>, event_stream: bool) {
         self.status = response.status().as_u16();
-        if event_stream {
+        if event_stream && self.kind == "http" {
             self.kind = "sse";
         }
         let extensions = response.extensions();
@@ -108,11 +119,22 @@ impl Pending {
                 self.bytes_out,
             ),
         };
+        // A forward proxy's requests name their destination: `CONNECT host:port`
+        // (authority-form), `GET http://host/path` (absolute-form, logged without its query).
+        let absolute;
+        let target = match (self.uri.authority(), self.uri.scheme_str()) {
+            (Some(authority), None) => authority.as_str(),
+            (Some(authority), Some(scheme)) if self.kind == "forward" => {
+                absolute = format!("{scheme}://{authority}{}", self.uri.path());
+                absolute.as_str()
+            }
+            _ => self.uri.path(),
+        };
         self.log.write(&Entry {
             kind: self.kind,
             client: self.client,
             method: self.method.as_str(),
-            target: self.uri.path(),
+            target,
             status: self.status,
             bytes_in,
             bytes_out,
@@ -154,6 +176,8 @@ impl TunnelLine {
     pub(crate) fn opened(&self, mut pending: Box<Pending>, protocol: Option<&HeaderValue>) {
         pending.kind = match protocol {
             Some(p) if p.as_bytes().eq_ignore_ascii_case(b"websocket") => "websocket",
+            _ if pending.kind == "connect" => "connect",
+            // RFC 8441's extended CONNECT: the upgrade layer allows only WebSocket.
             _ if pending.method == Method::CONNECT => "websocket",
             _ => "upgrade",
         };

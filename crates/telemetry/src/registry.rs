@@ -26,6 +26,7 @@ const UPSTREAM_REQUESTS: &str = "kestra_edge_upstream_requests_total";
 const REJECTIONS: &str = "kestra_edge_limit_rejections_total";
 const EGRESS_TUNNELS_OPEN: &str = "kestra_edge_egress_tunnels_open";
 const EGRESS_REQUESTS: &str = "kestra_edge_egress_requests_total";
+const LOG_DROPPED: &str = "kestra_edge_access_log_dropped_total";
 
 /// The `method` label: the nine methods of RFC 9110 §9 and PATCH (RFC 5789), else `other`.
 const METHODS: [&str; 10] = [
@@ -151,6 +152,7 @@ pub(crate) struct Inner {
     tunnels: OnceLock<Tunnels>,
     connections: OnceLock<Connections>,
     egress: OnceLock<EgressSource>,
+    access_log: OnceLock<crate::AccessLog>,
 }
 
 impl fmt::Debug for Metrics {
@@ -199,6 +201,7 @@ impl Metrics {
                 tunnels: OnceLock::new(),
                 connections: OnceLock::new(),
                 egress: OnceLock::new(),
+                access_log: OnceLock::new(),
             }),
         }
     }
@@ -228,6 +231,14 @@ impl Metrics {
         source: impl Fn() -> (u64, Vec<(&'static str, u64)>) + Send + Sync + 'static,
     ) -> &Self {
         let _ = self.inner.egress.set(Box::new(source));
+        self
+    }
+
+    /// Reads the access log's dropped lines when scraped, as
+    /// `kestra_edge_access_log_dropped_total`; without it, that is not rendered. The first
+    /// call wins.
+    pub fn access_log(&self, log: crate::AccessLog) -> &Self {
+        let _ = self.inner.access_log.set(log);
         self
     }
 
@@ -340,6 +351,9 @@ impl Metrics {
                 counter(EGRESS_REQUESTS, vec![Label::new("outcome", outcome)], count);
             }
         }
+        if let Some(log) = inner.access_log.get() {
+            counter(LOG_DROPPED, Vec::new(), log.dropped());
+        }
         let mut text = recorder.handle().render();
         crate::process::render(&mut text);
         text
@@ -393,6 +407,11 @@ fn describe(recorder: &PrometheusRecorder) {
             EGRESS_REQUESTS,
             None,
             "Requests to the egress forward proxy, by outcome.",
+        ),
+        (
+            LOG_DROPPED,
+            None,
+            "Access-log lines dropped because the output did not keep up.",
         ),
     ] {
         let help = help.into();

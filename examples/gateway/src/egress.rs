@@ -6,7 +6,7 @@ use kestra_edge::{
     server::Server,
     Tunnels,
 };
-use kestra_edge_telemetry::{Admin, Metrics, UpstreamView};
+use kestra_edge_telemetry::{AccessLog, Admin, Metrics, TelemetryLayer, UpstreamView};
 use std::{
     future::Future,
     io,
@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
+use tower::Layer;
 
 /// The `--egress-listen` listener and the forward proxy it serves.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct EgressListener {
     /// `--admin-listen` when the forward proxy runs alone (beside the reverse proxy, the
     /// gateway's admin listener reports it: [`report_to`](Self::report_to)).
     admin: Option<(Server, Admin)>,
+    /// The access log: a `connect` line per tunnel, a `forward` line per request.
+    log: Option<AccessLog>,
 }
 
 impl EgressListener {
@@ -53,6 +56,7 @@ impl EgressListener {
             shutdown_grace: listen.shutdown_grace,
             allowed: config.egress.allow.len(),
             admin: None,
+            log: None,
         };
         if let (true, Some(addr)) = (config.egress.alone, config.telemetry.admin_listen) {
             let metrics = Metrics::new(UpstreamView::None);
@@ -72,6 +76,17 @@ impl EgressListener {
             let outcomes = now.outcomes().map(|(o, n)| (o.as_str(), n)).collect();
             (now.tunnels_open, outcomes)
         });
+    }
+
+    /// Writes a line per tunnel (when it ends: destination, address dialled, bytes each way,
+    /// duration) and per forwarded request to `log` (`--access-log`; the gateway's, when both
+    /// run).
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        if let (Some((_, admin)), Some(log)) = (&self.admin, &log) {
+            admin.metrics().access_log(log.clone());
+        }
+        self.log = log;
+        self
     }
 
     /// The address of its own `--admin-listen` listener (the forward proxy alone).
@@ -130,9 +145,14 @@ impl EgressListener {
             ),
             None => (None, None),
         };
+        let logged = match self.log {
+            Some(log) => TelemetryLayer::disabled().forward_proxy_log(log),
+            None => TelemetryLayer::disabled(),
+        }
+        .layer(self.egress);
         let result = self
             .server
-            .serve(self.egress, async move {
+            .serve(logged, async move {
                 shutdown.await;
                 if let Some(readiness) = readiness {
                     readiness.drain();

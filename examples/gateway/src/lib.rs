@@ -155,6 +155,9 @@ impl Gateway {
             Some(addr) => {
                 let metrics = metrics_for(&config, &edges[0]);
                 metrics.tunnels(tunnels.clone());
+                if let Some(log) = &access_log {
+                    metrics.access_log(log.clone());
+                }
                 Some(AdminListener {
                     server: Server::bind(addr).await?,
                     admin: Admin::new(metrics.clone()),

@@ -33,8 +33,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // One access log for both listeners (the lines of each are whole).
+    let access_log = config
+        .telemetry
+        .access_log
+        .format()
+        .map(kestra_edge_telemetry::AccessLog::stdout);
     let egress = match EgressListener::bind(&config).await {
-        Ok(egress) => egress,
+        Ok(egress) => egress.map(|egress| egress.with_access_log(access_log.clone())),
         Err(err) => {
             tracing::error!("{err}");
             return exit_code(&err);
@@ -50,7 +56,7 @@ async fn main() -> ExitCode {
         Some(egress) if config.egress.alone => return serve_egress_alone(egress).await,
         egress => egress,
     };
-    let gateway = match Gateway::bind(config.clone()).await {
+    let gateway = match Gateway::bind_with_log(config.clone(), access_log).await {
         Ok(gateway) => gateway,
         Err(err) => {
             tracing::error!("{err}");
