@@ -552,35 +552,47 @@ fn http_workloads(
     } in HTTP_CASES
     {
         let peers = peers.iter().filter(|_| with_peers);
-        // Targets take turns within a workload, so all see the same machine state; with
-        // `--repeat`, in alternating order, so that none is always first or last.
         let order: Vec<&Target> = targets.iter().chain(peers).collect();
-        let mut best: Vec<Option<HttpRow>> = order.iter().map(|_| None).collect();
-        for round in 0..cli.repeat.get() {
-            let mut turns: Vec<usize> = (0..order.len()).collect();
-            if round % 2 == 1 {
-                turns.reverse();
-            }
-            for i in turns {
-                let target = order[i];
-                let _ = runtime.block_on(load::run(target.addr, workload, cli.warmup, None));
-                let cpu = CpuMeter::start(target);
-                let load = runtime.block_on(load::run(target.addr, workload, cli.duration, None));
-                let (proxy_cpu, generator_cpu) = cpu.stop(target, load.elapsed);
-                report.saw_threads(target.name, target.os_threads());
-                let row = HttpRow::new(workload, target.name, &load, proxy_cpu, generator_cpu);
-                eprintln!("{} (round {})", row.summary(), round + 1);
-                if best[i]
-                    .as_ref()
-                    .is_none_or(|kept| row.requests_per_sec() > kept.requests_per_sec())
-                {
-                    best[i] = Some(row);
-                }
-            }
-        }
+        let best = best_of_rounds(cli, runtime, &order, workload, report);
         report.http.extend(best.into_iter().flatten());
     }
     Ok(())
+}
+
+/// Runs `workload` against each of `order` in turns, so all see the same machine state;
+/// with `--repeat`, round after round in alternating order, so that none is always first or
+/// last. Each target's best round (most requests per second), in the order given.
+pub(crate) fn best_of_rounds(
+    cli: &Cli,
+    runtime: &tokio::runtime::Runtime,
+    order: &[&Target],
+    workload: load::Workload,
+    report: &mut Report,
+) -> Vec<Option<HttpRow>> {
+    let mut best: Vec<Option<HttpRow>> = order.iter().map(|_| None).collect();
+    for round in 0..cli.repeat.get() {
+        let mut turns: Vec<usize> = (0..order.len()).collect();
+        if round % 2 == 1 {
+            turns.reverse();
+        }
+        for i in turns {
+            let target = order[i];
+            let _ = runtime.block_on(load::run(target.addr, workload, cli.warmup, None));
+            let cpu = CpuMeter::start(target);
+            let load = runtime.block_on(load::run(target.addr, workload, cli.duration, None));
+            let (proxy_cpu, generator_cpu) = cpu.stop(target, load.elapsed);
+            report.saw_threads(target.name, target.os_threads());
+            let row = HttpRow::new(workload, target.name, &load, proxy_cpu, generator_cpu);
+            eprintln!("{} (round {})", row.summary(), round + 1);
+            if best[i]
+                .as_ref()
+                .is_none_or(|kept| row.requests_per_sec() > kept.requests_per_sec())
+            {
+                best[i] = Some(row);
+            }
+        }
+    }
+    best
 }
 
 /// One workload of the TLS group.

@@ -4,10 +4,10 @@
 //! in turns within one run, so that what each costs shows as a ratio.
 
 use crate::{
-    load,
+    best_of_rounds, load,
     report::{HttpRow, Report},
     targets::{BoxError, Target},
-    Cli, CpuMeter, Proxies,
+    Cli, Proxies,
 };
 
 const METRICS: &str = "kestra-edge + metrics";
@@ -50,29 +50,7 @@ pub(crate) fn run(
     ids.name = IDS;
     let order = [&plain, &metrics, &logged, &ids];
     for workload in WORKLOADS {
-        let mut best: Vec<Option<HttpRow>> = order.iter().map(|_| None).collect();
-        for round in 0..cli.repeat.get() {
-            let mut turns: Vec<usize> = (0..order.len()).collect();
-            if round % 2 == 1 {
-                turns.reverse();
-            }
-            for i in turns {
-                let target = order[i];
-                let _ = runtime.block_on(load::run(target.addr, workload, cli.warmup, None));
-                let cpu = CpuMeter::start(target);
-                let load = runtime.block_on(load::run(target.addr, workload, cli.duration, None));
-                let (proxy_cpu, generator_cpu) = cpu.stop(target, load.elapsed);
-                report.saw_threads(target.name, target.os_threads());
-                let row = HttpRow::new(workload, target.name, &load, proxy_cpu, generator_cpu);
-                eprintln!("{} (round {})", row.summary(), round + 1);
-                if best[i]
-                    .as_ref()
-                    .is_none_or(|kept| row.requests_per_sec() > kept.requests_per_sec())
-                {
-                    best[i] = Some(row);
-                }
-            }
-        }
+        let best = best_of_rounds(cli, runtime, &order, workload, report);
         let rps: Vec<f64> = best
             .iter()
             .map(|row| row.as_ref().map_or(0.0, HttpRow::requests_per_sec))

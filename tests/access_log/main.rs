@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use futures_util::{SinkExt, StreamExt};
-use kestra_edge_gateway::{Gateway, GatewayConfig};
+use kestra_edge_gateway::GatewayConfig;
 use kestra_edge_standin::{Echo, Standin, StandinConfig};
 use kestra_edge_telemetry::{AccessLog, AccessLogFormat};
-use kestra_edge_tests::{client, closed_port};
+use kestra_edge_tests::{client, closed_port, RunningGateway};
 use serde_json::Value;
 use std::{
     io::Write,
@@ -17,7 +17,6 @@ use std::{
     sync::{Arc, Condvar, Mutex},
     time::Duration,
 };
-use tokio::{sync::oneshot, task::JoinHandle};
 
 /// The log's output, read back by the test.
 #[derive(Clone, Default)]
@@ -60,41 +59,9 @@ impl Captured {
     }
 }
 
-struct Logged {
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-    log: AccessLog,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Logged {
-    async fn start(config: GatewayConfig, log: AccessLog) -> Self {
-        let gateway = Gateway::bind_with_log(config, Some(log)).await.unwrap();
-        let addr = gateway.local_addr().unwrap();
-        let admin = gateway.admin_addr();
-        let log = gateway.access_log().unwrap().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.serve(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            admin,
-            log,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
+/// A gateway writing its access log to `log`.
+async fn logged(config: GatewayConfig, log: AccessLog) -> RunningGateway {
+    RunningGateway::start_with_log(config, Some(log)).await
 }
 
 async fn standin() -> Standin {
@@ -115,7 +82,7 @@ fn json_log(captured: &Captured) -> AccessLog {
 async fn http_sse_and_websocket_lines_are_written_when_they_end() {
     let standin = standin().await;
     let captured = Captured::default();
-    let gateway = Logged::start(config_for(&standin), json_log(&captured)).await;
+    let gateway = logged(config_for(&standin), json_log(&captured)).await;
     let http = client();
 
     // A POST with a body, secrets in its headers and its query.
@@ -191,7 +158,7 @@ async fn http_sse_and_websocket_lines_are_written_when_they_end() {
     assert!(ws["bytes_out"].as_u64().unwrap() >= 14, "{ws}");
     assert_eq!(ws["end"], "finished");
 
-    gateway.stop().await;
+    gateway.shutdown().await.unwrap();
     let text = captured.text();
     assert!(!text.contains("secret"), "a secret in the log:\n{text}");
     assert_eq!(text.lines().count(), 4, "{text}");
@@ -211,7 +178,7 @@ async fn client_and_request_id_are_taken_from_a_trusted_proxy_only() {
         if trusted {
             config.forwarded.trusted_proxies = vec!["127.0.0.1".to_owned()];
         }
-        let gateway = Logged::start(config, json_log(&captured)).await;
+        let gateway = logged(config, json_log(&captured)).await;
         let response = client()
             .get(gateway.url("/kestra/api/v1/echo"))
             .header("x-forwarded-for", "203.0.113.9")
@@ -241,7 +208,7 @@ async fn client_and_request_id_are_taken_from_a_trusted_proxy_only() {
             assert_eq!(returned.len(), 32, "{returned}");
             assert_eq!(line["client"], "127.0.0.1");
         }
-        gateway.stop().await;
+        gateway.shutdown().await.unwrap();
     }
 }
 
@@ -251,7 +218,7 @@ async fn the_gateways_own_answers_carry_the_request_id() {
     let captured = Captured::default();
     let mut config = config_for(&standin);
     config.telemetry.request_id = true;
-    let gateway = Logged::start(config, json_log(&captured)).await;
+    let gateway = logged(config, json_log(&captured)).await;
     // 404 outside the context path: no upstream asked.
     let response = client()
         .get(gateway.url("/elsewhere"))
@@ -269,14 +236,14 @@ async fn the_gateways_own_answers_carry_the_request_id() {
     assert_eq!(line["upstream"], Value::Null);
     assert_eq!(line["request_id"], id.as_str());
     assert_eq!(line["bytes_out"], body.len() as u64);
-    gateway.stop().await;
+    gateway.shutdown().await.unwrap();
 
     // 502 from a dead upstream: the upstream that failed is named.
     let dead = format!("http://{}", closed_port().await);
     let captured = Captured::default();
     let mut config = GatewayConfig::for_upstream(dead.clone());
     config.telemetry.request_id = true;
-    let gateway = Logged::start(config, json_log(&captured)).await;
+    let gateway = logged(config, json_log(&captured)).await;
     let response = client()
         .get(gateway.url("/api/v1/flows"))
         .send()
@@ -291,7 +258,7 @@ async fn the_gateways_own_answers_carry_the_request_id() {
     assert!(body.contains(&format!("request id: {id}")), "{body:?}");
     let line = captured.line(|l| l["status"] == 502).await;
     assert_eq!(line["upstream"], dead.as_str());
-    gateway.stop().await;
+    gateway.shutdown().await.unwrap();
 }
 
 /// A writer that blocks until the test opens it.
@@ -318,13 +285,13 @@ async fn a_stalled_output_drops_lines_not_requests() {
     let log = AccessLog::to_writer(AccessLogFormat::Text, Stalled(gate.clone()), 4096);
     let mut config = config_for(&standin);
     config.telemetry.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let gateway = Logged::start(config, log).await;
+    let gateway = logged(config, log).await;
     let http = client();
     for _ in 0..200 {
         let response = http.get(gateway.url("/kestra/ping")).send().await.unwrap();
         assert_eq!(response.status(), 200);
     }
-    let dropped = gateway.log.dropped();
+    let dropped = gateway.access_log.as_ref().unwrap().dropped();
     assert!(dropped >= 100, "dropped {dropped}");
     // The operator sees it on the admin listener.
     let metrics = client()
@@ -345,5 +312,5 @@ async fn a_stalled_output_drops_lines_not_requests() {
     assert!(scraped >= dropped, "{scraped} < {dropped}");
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
-    gateway.stop().await;
+    gateway.shutdown().await.unwrap();
 }

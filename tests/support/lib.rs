@@ -23,6 +23,10 @@ use tokio::{
 /// A gateway serving in the background; it shuts down when dropped.
 pub struct RunningGateway {
     pub addr: SocketAddr,
+    /// The `--admin-listen` listener, when configured.
+    pub admin: Option<SocketAddr>,
+    /// The access log, when one was given.
+    pub access_log: Option<kestra_edge_telemetry::AccessLog>,
     pub connections: kestra_edge::server::Connections,
     pub tunnels: kestra_edge::Tunnels,
     stop: Option<oneshot::Sender<()>>,
@@ -31,8 +35,20 @@ pub struct RunningGateway {
 
 impl RunningGateway {
     pub async fn start(config: GatewayConfig) -> Self {
-        let gateway = Gateway::bind(config).await.expect("gateway binds");
+        Self::start_with_log(config, None).await
+    }
+
+    /// [`start`](Self::start) writing the access log to `log`.
+    pub async fn start_with_log(
+        config: GatewayConfig,
+        log: Option<kestra_edge_telemetry::AccessLog>,
+    ) -> Self {
+        let gateway = Gateway::bind_with_log(config, log)
+            .await
+            .expect("gateway binds");
         let addr = gateway.local_addr().unwrap();
+        let admin = gateway.admin_addr();
+        let access_log = gateway.access_log().cloned();
         let connections = gateway.connections();
         let tunnels = gateway.tunnels().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -41,6 +57,8 @@ impl RunningGateway {
         }));
         Self {
             addr,
+            admin,
+            access_log,
             connections,
             tunnels,
             stop: Some(stop),
