@@ -81,7 +81,8 @@ async fn the_gateway_allocates_little_per_request() {
         proxied as f64 / REQUESTS as f64,
     );
     // Measured 2026-11-30: 47, then 38 with the cheaper forwarded layer, then 31 with the own
-    // HTTP/1.1 upstream path (and 21.4 KB instead of 25 KB). The bound leaves room
+    // HTTP/1.1 upstream path (and 21.4 KB instead of 25 KB), then 29 with the forwarded
+    // layer's scratch buffer reused and `Host` checked without a copy. The bound leaves room
     // for noise (timers, pool bookkeeping), not for new allocations on every request.
     assert!(
         per_request < BOUND,
@@ -90,4 +91,4 @@ async fn the_gateway_allocates_little_per_request() {
 }
 
 /// The most allocations per proxied request this test lets pass.
-const BOUND: f64 = 36.0;
+const BOUND: f64 = 34.0;

@@ -1,7 +1,8 @@
 //! The `Forwarded` header (RFC 7239) and the addresses in `X-Forwarded-For`.
 
 use std::{
-    fmt::{self, Write as _},
+    fmt,
+    io::Write as _,
     net::{IpAddr, Ipv6Addr},
     ops::Range,
 };
@@ -89,14 +90,15 @@ impl ForwardedElement {
 
 impl fmt::Display for ForwardedElement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = String::new();
+        let mut text = Vec::new();
         write_element(
             &mut text,
             self.for_node,
             self.proto.as_deref(),
             self.host.as_deref(),
         );
-        f.write_str(&text)
+        // Every byte written comes from a `&str` or is ASCII.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -108,31 +110,31 @@ impl fmt::Display for ForwardedElement {
 /// service sends that text in `X-Real-IP` too, formatted once. The service writes the
 /// elements it sends with this, straight into its scratch text: no `String` per parameter.
 pub(crate) fn write_element(
-    out: &mut String,
+    out: &mut Vec<u8>,
     for_node: Option<IpAddr>,
     proto: Option<&str>,
     host: Option<&str>,
 ) -> Option<Range<usize>> {
-    let mut separator = "";
+    let mut separator: &[u8] = b"";
     let mut address = None;
     if let Some(ip) = for_node {
         // Digits and dots are a token; colons are not: always quoted, never escaped.
         let quoted = ip.is_ipv6();
-        out.push_str(if quoted { "for=\"[" } else { "for=" });
+        out.extend_from_slice(if quoted { b"for=\"[" } else { b"for=" });
         let start = out.len();
         write_ip(out, ip);
         address = Some(start..out.len());
         if quoted {
-            out.push_str("]\"");
+            out.extend_from_slice(b"]\"");
         }
-        separator = ";";
+        separator = b";";
     }
-    for (name, value) in [("proto=", proto), ("host=", host)] {
+    for (name, value) in [(&b"proto="[..], proto), (&b"host="[..], host)] {
         if let Some(value) = value {
-            out.push_str(separator);
-            out.push_str(name);
+            out.extend_from_slice(separator);
+            out.extend_from_slice(name);
             write_value(out, value);
-            separator = ";";
+            separator = b";";
         }
     }
     address
@@ -140,59 +142,92 @@ pub(crate) fn write_element(
 
 /// Appends `ip` as its `Display` writes it (`198.51.100.9`, `2001:db8::1`).
 ///
-/// An IPv4 address is written digit by digit: `Ipv4Addr`'s `Display` runs the formatting
-/// machinery once per octet, which costs more than the rest of a `Forwarded` element.
-pub(crate) fn write_ip(out: &mut String, ip: IpAddr) {
+/// An IPv4 address is written digit by digit into a stack buffer, then appended at once:
+/// `Ipv4Addr`'s `Display` runs the formatting machinery once per octet, which costs more
+/// than the rest of a `Forwarded` element.
+pub(crate) fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
-        // Writing to a `String` cannot fail.
+        // Writing to a `Vec` cannot fail.
         let _ = write!(out, "{ip}");
         return;
     };
+    let mut text = [0; 15];
+    let mut len = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            text[len] = b'.';
+            len += 1;
         }
-        write_decimal(out, octet.into());
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
     }
+    out.extend_from_slice(&text[..len]);
 }
 
 /// Appends `n` in decimal, as its `Display` writes it, without the formatting machinery.
-pub(crate) fn write_decimal(out: &mut String, n: u16) {
-    // The digits from the lowest; a `u16` has at most five.
+pub(crate) fn write_decimal(out: &mut Vec<u8>, n: u16) {
+    // The digits from the highest place down; a `u16` has at most five.
     let mut digits = [0; 5];
-    let mut len = 0;
+    let mut start = digits.len();
     let mut rest = n;
     loop {
-        digits[len] = (rest % 10) as u8;
-        len += 1;
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    for &digit in digits[..len].iter().rev() {
-        out.push(char::from(b'0' + digit));
-    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// A token as is, anything else as a quoted string (RFC 9110 §5.6.2, §5.6.4).
-fn write_value(out: &mut String, value: &str) {
-    if !value.is_empty() && value.bytes().all(is_tchar) {
-        out.push_str(value);
+fn write_value(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    if !bytes.is_empty() && bytes.iter().all(|&b| is_tchar(b)) {
+        out.extend_from_slice(bytes);
         return;
     }
-    out.push('"');
-    for c in value.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    out.push(b'"');
+    // Byte by byte: the bytes of a multi-byte character are never `"` or `\`.
+    for &b in bytes {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
         }
-        out.push(c);
+        out.push(b);
     }
-    out.push('"');
+    out.push(b'"');
 }
 
+/// `tchar` (RFC 9110 §5.6.2), one table look-up per byte.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
+}
+
+const TCHAR: [bool; 256] = ascii_alphanumeric_and(b"!#$%&'*+-.^_`|~");
+
+/// A byte table: `true` for ASCII letters and digits and for the bytes of `extra`.
+pub(crate) const fn ascii_alphanumeric_and(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
 }
 
 /// A token, or a quoted string with its escapes removed; `None` if malformed.
@@ -309,6 +344,14 @@ mod tests {
     }
 
     #[test]
+    fn the_tchar_table_is_rfc_9110s() {
+        for b in 0..=u8::MAX {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), tchar, "{b}");
+        }
+    }
+
+    #[test]
     fn ip_text_at_the_digit_boundaries() {
         for ip in [
             "0.9.10.99",
@@ -319,14 +362,14 @@ mod tests {
             "::ffff:0.0.0.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut text = String::new();
+            let mut text = Vec::new();
             write_ip(&mut text, ip);
-            assert_eq!(text, ip.to_string());
+            assert_eq!(text, ip.to_string().as_bytes());
         }
         for n in [0, 9, 10, 99, 100, 999, 1000, 9999, 10000, u16::MAX] {
-            let mut text = String::new();
+            let mut text = Vec::new();
             write_decimal(&mut text, n);
-            assert_eq!(text, n.to_string());
+            assert_eq!(text, n.to_string().as_bytes());
         }
     }
 
@@ -356,16 +399,16 @@ mod tests {
 
             #[test]
             fn ip_text_is_display(ip in prop_oneof![ip(), any::<[u16; 8]>().prop_map(IpAddr::from)]) {
-                let mut text = String::new();
+                let mut text = Vec::new();
                 write_ip(&mut text, ip);
-                prop_assert_eq!(text, ip.to_string());
+                prop_assert_eq!(text, ip.to_string().into_bytes());
             }
 
             #[test]
             fn decimal_text_is_display(n in any::<u16>()) {
-                let mut text = String::new();
+                let mut text = Vec::new();
                 write_decimal(&mut text, n);
-                prop_assert_eq!(text, n.to_string());
+                prop_assert_eq!(text, n.to_string().into_bytes());
             }
 
             #[test]

@@ -1,10 +1,11 @@
 //! [`ForwardedLayer`] and the [`Forwarded`] service.
 
-use crate::rfc7239::{parse_node, write_decimal, write_element, write_ip, ForwardedElement};
+use crate::rfc7239::{
+    ascii_alphanumeric_and, parse_node, write_decimal, write_element, write_ip, ForwardedElement,
+};
 use futures_util::future::Either;
 use http::{
     header::{FORWARDED, HOST},
-    uri::Authority,
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version,
 };
 use ipnet::IpNet;
@@ -12,6 +13,7 @@ use kestra_edge_headers::{list_items, plain_text, remove_hop_by_hop};
 use kestra_edge_server::{PeerAddr, TlsConnection};
 use pin_project_lite::pin_project;
 use std::{
+    cell::Cell,
     future::{ready, Future, Ready},
     net::{IpAddr, SocketAddr},
     ops::Range,
@@ -52,6 +54,14 @@ const CLAIMS: [HeaderName; 8] = [
     X_FORWARDED_PREFIX,
     X_REAL_IP,
 ];
+
+thread_local! {
+    /// The text [`ClientView::write`] formats, kept between the requests of a thread.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The largest scratch buffer kept for the next request (a few hundred bytes is usual).
+const SCRATCH_KEPT: usize = 4096;
 
 /// How many `X-Forwarded-For` items are examined, from the right: a longer chain of trusted
 /// proxies is not a real deployment, and the bound keeps a hostile header cheap.
@@ -427,14 +437,66 @@ struct Host {
 impl Host {
     /// `value` if it is `host[:port]` with no user info; parsed once, for the port too.
     fn parse(value: HeaderValue) -> Option<Self> {
-        let text = value.as_bytes();
-        if text.is_empty() || text.contains(&b'@') {
-            return None;
-        }
-        let port = Authority::try_from(text).ok()?.port_u16();
+        let port = authority_port(value.as_bytes())?;
         Some(Self { value, port })
     }
 }
+
+/// The port of `text` when it is an authority without user info, as `http`'s `Authority`
+/// parses it (`Some(None)` when it has no port); `None` when it is not one.
+///
+/// The same rules as `Authority::try_from(text)` followed by `port_u16()`, which a test
+/// checks on random input, without the copy into a new `Bytes` that `try_from` makes.
+fn authority_port(text: &[u8]) -> Option<Option<u16>> {
+    if text.is_empty() {
+        return None;
+    }
+    // Nearly every `Host` is a name or IPv4 address with at most one `:`: one pass without
+    // branches says so; brackets and `%` take the full rules below.
+    let (mut plain, mut colons) = (true, 0usize);
+    for &b in text {
+        plain &= AUTHORITY_CHAR[usize::from(b)] | (b == b':');
+        colons += usize::from(b == b':');
+    }
+    if plain && colons <= 1 {
+        return Some(port_after_last_colon(text));
+    }
+    // At most 8 colons before a `]`: `[FEDC:BA98:7654:3210:FEDC:BA98:7654:3210]:80`.
+    let (mut colons, mut percent, mut open, mut close) = (0u32, false, false, false);
+    for &b in text {
+        match b {
+            b':' if colons >= 8 => return None,
+            b':' => colons += 1,
+            // In an IPv6 zone (`[fe80::1%25eth0]`) only.
+            b'%' => percent = true,
+            b'[' if percent || open => return None,
+            b'[' => open = true,
+            b']' if !open || close => return None,
+            b']' => {
+                close = true;
+                colons = 0;
+                percent = false;
+            }
+            _ if !AUTHORITY_CHAR[usize::from(b)] => return None,
+            _ => {}
+        }
+    }
+    if open != close || colons > 1 || percent {
+        return None;
+    }
+    Some(port_after_last_colon(text))
+}
+
+/// What follows the last `:` as a port, the way `Authority::port_u16` reads it.
+fn port_after_last_colon(text: &[u8]) -> Option<u16> {
+    let colon = text.iter().rposition(|&b| b == b':')?;
+    // An authority is ASCII, so UTF-8.
+    std::str::from_utf8(&text[colon + 1..]).ok()?.parse().ok()
+}
+
+/// The bytes an authority may hold besides `:`, `[`, `]` and `%`, as `http` allows them
+/// (RFC 3986 §3.2: unreserved and sub-delims); never `@` (user info), `/`, `?` or `#`.
+const AUTHORITY_CHAR: [bool; 256] = ascii_alphanumeric_and(b"!$&'()*+,-.;=_~");
 
 /// Who the client is, as the gateway tells the upstream.
 #[derive(Debug)]
@@ -533,17 +595,31 @@ impl ClientView {
     fn write(self, enabled: &ForwardedHeaders, headers: &mut HeaderMap) {
         // The values are formatted into one scratch buffer, then each is copied into a header
         // value of its own: slices of one shared buffer would update its reference count
-        // atomically on every slice and drop, measured slower than copying a few bytes.
-        let mut text = String::with_capacity(self.text_room(enabled));
+        // atomically on every slice and drop, measured slower than copying a few bytes. The
+        // buffer is the thread's, reused: no allocation for it per request.
+        SCRATCH.with(|scratch| {
+            let mut text = scratch.take();
+            text.clear();
+            self.write_with(enabled, headers, &mut text);
+            // A hostile `Host` may have grown it: keep only a buffer of ordinary size.
+            if text.capacity() <= SCRATCH_KEPT {
+                scratch.set(text);
+            }
+        });
+    }
+
+    /// [`write`](Self::write), formatting into `text`.
+    fn write_with(self, enabled: &ForwardedHeaders, headers: &mut HeaderMap, text: &mut Vec<u8>) {
+        text.reserve(self.text_room(enabled));
         let mut client_in_forwarded = None;
         let forwarded = enabled.forwarded.then(|| {
             let host = self.host.as_ref().and_then(|h| h.value.to_str().ok());
-            append(&mut text, |t| {
+            append(text, |t| {
                 // The client's element with `proto` and `host`, then one `for=` per hop.
                 client_in_forwarded =
                     write_element(t, self.client, Some(self.scheme.as_str()), host);
                 for &hop in &self.hops {
-                    t.push_str(", ");
+                    t.extend_from_slice(b", ");
                     write_element(t, Some(hop), None, None);
                 }
             })
@@ -552,9 +628,7 @@ impl ClientView {
         let client = self
             .client
             .filter(|_| enabled.x_real_ip || enabled.x_forwarded_for)
-            .map(|ip| {
-                client_in_forwarded.unwrap_or_else(|| append(&mut text, |t| write_ip(t, ip)))
-            });
+            .map(|ip| client_in_forwarded.unwrap_or_else(|| append(text, |t| write_ip(t, ip))));
         // `client, hop, …, peer`: just the client when the peer is the client.
         let chain = client
             .clone()
@@ -563,10 +637,10 @@ impl ClientView {
                 if self.hops.is_empty() {
                     return client;
                 }
-                append(&mut text, |t| {
+                append(text, |t| {
                     for (i, &ip) in self.client.iter().chain(&self.hops).enumerate() {
                         if i > 0 {
-                            t.push_str(", ");
+                            t.extend_from_slice(b", ");
                         }
                         write_ip(t, ip);
                     }
@@ -576,12 +650,9 @@ impl ClientView {
         let other_port = self
             .port
             .filter(|&port| enabled.x_forwarded_port && port != self.scheme.default_port())
-            .map(|port| append(&mut text, |t| write_decimal(t, port)));
+            .map(|port| append(text, |t| write_decimal(t, port)));
 
-        let value = |range: Range<usize>| {
-            let bytes = text.as_bytes().get(range)?;
-            HeaderValue::from_bytes(bytes).ok()
-        };
+        let value = |range: Range<usize>| HeaderValue::from_bytes(text.get(range)?).ok();
         // Room for every field added, so that the map grows (and rehashes) once at most: a
         // request's map is built by hyper exactly as large as the client's fields.
         headers.reserve(8);
@@ -632,7 +703,7 @@ impl ClientView {
 }
 
 /// Appends what `write` writes to `text`; the range it fills.
-fn append(text: &mut String, write: impl FnOnce(&mut String)) -> Range<usize> {
+fn append(text: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
     let start = text.len();
     write(text);
     start..text.len()
@@ -1178,7 +1249,74 @@ mod tests {
             ]
         }
 
+        /// What `Host::parse` did before it had its own validator.
+        fn authority_port_by_http(text: &[u8]) -> Option<Option<u16>> {
+            if text.is_empty() || text.contains(&b'@') {
+                return None;
+            }
+            let authority = http::uri::Authority::try_from(text).ok()?;
+            Some(authority.port_u16())
+        }
+
+        #[test]
+        fn authority_ports_at_the_edges() {
+            for text in [
+                "kestra.example.com",
+                "kestra.example.com:8443",
+                "h:",
+                "h:+80",
+                "h:65536",
+                "h:1:2",
+                "[2001:db8::1]:443",
+                "[2001:db8::1]",
+                "[fe80::1%25eth0]:80",
+                "fe80%25::1",
+                "[1:2:3:4:5:6:7:8:9]",
+                "[a]:b:c",
+                "[[a]]",
+                "]a[",
+                "user@host",
+                "a b",
+                "host/path",
+                "a?b",
+                "a#b",
+                "",
+                "\u{e9}",
+            ] {
+                assert_eq!(
+                    authority_port(text.as_bytes()),
+                    authority_port_by_http(text.as_bytes()),
+                    "{text:?}"
+                );
+            }
+        }
+
         proptest! {
+            #[test]
+            fn authority_ports_are_https_own(
+                text in "[a-z0-9.:%\\[\\]@/?#+ \"~!$&'()*,;=_-]{0,24}",
+            ) {
+                prop_assert_eq!(
+                    authority_port(text.as_bytes()),
+                    authority_port_by_http(text.as_bytes())
+                );
+            }
+
+            #[test]
+            fn authority_ports_of_bracketed_hosts(
+                text in "\\[?[a-f0-9:%.]{0,12}\\]?(:[0-9+]{0,6})?",
+            ) {
+                prop_assert_eq!(
+                    authority_port(text.as_bytes()),
+                    authority_port_by_http(text.as_bytes())
+                );
+            }
+
+            #[test]
+            fn authority_ports_of_any_bytes(text in proptest::collection::vec(any::<u8>(), 0..16)) {
+                prop_assert_eq!(authority_port(&text), authority_port_by_http(&text));
+            }
+
             #[test]
             fn an_untrusted_peer_is_always_the_client(
                 peer in any::<[u8; 4]>(),
