@@ -37,7 +37,6 @@ pub(crate) struct Counting {
 pub(crate) struct Line {
     pub(crate) pending: Option<Box<Pending>>,
     pub(crate) tunnel: Option<Arc<TunnelLine>>,
-    pub(crate) method: Method,
 }
 
 impl<F> ResponseFuture<F> {
@@ -88,9 +87,10 @@ where
                 let event_stream =
                     event_stream || kestra_edge_headers::is_event_stream(response.headers());
                 pending.head(&response, event_stream);
-                head_request = taken.method == Method::HEAD;
+                let method = pending.method();
+                head_request = method == Method::HEAD;
                 match taken.tunnel.take() {
-                    Some(tunnel) if logging::opens_tunnel(&taken.method, &response) => {
+                    Some(tunnel) if logging::opens_tunnel(method, &response) => {
                         // Written when the tunnel ends: the upgrade layer holds the other end.
                         tunnel.opened(pending, response.headers().get(UPGRADE));
                     }

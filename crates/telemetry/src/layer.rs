@@ -154,7 +154,6 @@ where
                 counted.clone(),
             ))),
             tunnel,
-            method: req.method().clone(),
         };
         let req = req.map(|body| CountedBody::new(body, counted));
         ResponseFuture::new(self.inner.call(req), counting, Some(line))

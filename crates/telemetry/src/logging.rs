@@ -80,6 +80,11 @@ impl Pending {
         }
     }
 
+    /// The request's method.
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
     /// What the response head tells: status, the client a trusted proxy reported, the
     /// replica, the request id.
     pub(crate) fn head<B>(&mut self, response: &Response<B>, event_stream: bool) {
