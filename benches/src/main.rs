@@ -34,7 +34,7 @@ mod ws;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use kestra_edge::server::IncomingBody;
 use kestra_edge::server::Server;
 use kestra_edge_gateway::{Gateway, GatewayConfig};
 use report::{HttpRow, Report, SseRow, WsRow};
@@ -43,7 +43,7 @@ use std::{
     io::Write,
     net::SocketAddr,
     num::NonZeroUsize,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 use targets::{BoxError, NginxConfig, NginxTls, Sizing, Target};
@@ -99,6 +99,11 @@ struct Cli {
     /// (most requests per second). Three is what the performance targets are judged on.
     #[arg(long, default_value = "1")]
     repeat: NonZeroUsize,
+    /// Another kestra-edge-bench binary (a build of an earlier commit): its gateway is
+    /// measured too, as `kestra-edge-before`, next to this build's, in the same run (HTTP
+    /// and SSE groups).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// A group of workloads.
@@ -285,7 +290,7 @@ fn serve(what: Serve) -> Result<(), BoxError> {
                     .shutdown_grace(Duration::ZERO);
                 announce(server.local_addr()?);
                 let large = Bytes::from(vec![b'x'; LARGE]);
-                let service = tower::service_fn(move |req: http::Request<Incoming>| {
+                let service = tower::service_fn(move |req: http::Request<IncomingBody>| {
                     let large = large.clone();
                     async move {
                         let body = if req.uri().path().ends_with("/large") {
@@ -390,23 +395,38 @@ struct Proxies {
     nginx: Option<PathBuf>,
     haproxy: Option<PathBuf>,
     caddy: Option<PathBuf>,
+    baseline: Option<PathBuf>,
     sizing: Sizing,
 }
 
 impl Proxies {
     /// `serve-gateway` in front of `upstream` with `--proxy-threads` workers, and `extra`.
     fn gateway(&self, upstream: SocketAddr, extra: &[&str]) -> Result<Target, BoxError> {
+        self.gateway_of("kestra-edge", &std::env::current_exe()?, upstream, extra)
+    }
+
+    /// The same, served by the kestra-edge-bench binary `exe`.
+    fn gateway_of(
+        &self,
+        name: &'static str,
+        exe: &Path,
+        upstream: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Target, BoxError> {
         let url = format!("http://{upstream}");
         let workers = self.sizing.threads.to_string();
         let mut args = vec!["serve-gateway", "--upstream", &url, "--workers", &workers];
         args.extend_from_slice(extra);
-        Target::spawn_self("kestra-edge", &args)
+        Target::spawn_bench(name, exe, &args)
     }
 
     /// The proxies in front of `upstream` measured on every workload (kestra-edge, then
     /// nginx as documented and with keep-alive), and the peers (HAProxy, Caddy).
     fn start(&self, upstream: SocketAddr) -> Result<(Vec<Target>, Vec<Target>), BoxError> {
         let mut proxies = vec![self.gateway(upstream, &[])?];
+        if let Some(baseline) = &self.baseline {
+            proxies.push(self.gateway_of("kestra-edge-before", baseline, upstream, &[])?);
+        }
         if let Some(nginx) = &self.nginx {
             for config in [NginxConfig::Seed, NginxConfig::Keepalive] {
                 proxies.push(Target::nginx(nginx, &config, upstream, self.sizing)?);
@@ -430,6 +450,13 @@ impl Proxies {
             env!("CARGO_PKG_VERSION").to_owned(),
             format!("`--workers {n}`"),
         );
+        if let Some(baseline) = &self.baseline {
+            report.add_proxy(
+                "kestra-edge-before",
+                baseline.display().to_string(),
+                format!("`--workers {n}`"),
+            );
+        }
         if let Some(nginx) = &self.nginx {
             // `nginx version: nginx/1.22.1`
             let line = targets::first_output_line(nginx, &["-v"]);
@@ -497,6 +524,7 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
             haproxy::find,
         ),
         caddy: program("caddy", cli.caddy.as_ref(), cli.no_caddy, caddy::find),
+        baseline: cli.baseline.clone(),
         sizing: Sizing {
             threads: cli.proxy_threads,
             connections: most_streams.max(256),

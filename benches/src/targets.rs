@@ -48,7 +48,17 @@ pub(crate) struct Sizing {
 impl Target {
     /// Runs this bench binary in a serving mode (`args`) and waits for its `listening ADDR`.
     pub(crate) fn spawn_self(name: &'static str, args: &[&str]) -> Result<Self, BoxError> {
-        let mut child = Command::new(std::env::current_exe()?)
+        Self::spawn_bench(name, &std::env::current_exe()?, args)
+    }
+
+    /// Starts `exe`, a kestra-edge-bench binary (this one or another build), in one of its
+    /// serving modes and reads the address it prints.
+    pub(crate) fn spawn_bench(
+        name: &'static str,
+        exe: &Path,
+        args: &[&str],
+    ) -> Result<Self, BoxError> {
+        let mut child = Command::new(exe)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 //! stand-in (or a scripted raw upstream), and raw-socket clients.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use kestra_edge::server::IncomingBody;
 use kestra_edge_gateway::{Gateway, GatewayConfig};
 use kestra_edge_standin::{Standin, StandinConfig};
 use std::{
@@ -298,7 +299,7 @@ impl RecordingUpstream {
         let connections = server.connections();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = log.clone();
-        let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let service = tower::service_fn(move |req: http::Request<IncomingBody>| {
             let log = recorded.clone();
             async move {
                 let index = {

@@ -191,7 +191,9 @@ impl Gateway {
         if let Some(ca) = ca {
             builder = builder.upstream_ca(ca);
         }
-        let edge = builder.build::<Incoming>().unwrap();
+        let edge = builder
+            .build::<kestra_edge::server::IncomingBody>()
+            .unwrap();
         let server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

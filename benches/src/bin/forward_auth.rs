@@ -14,8 +14,8 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use kestra_edge::server::IncomingBody;
 use kestra_edge::server::Server;
 use kestra_edge_gateway::{Args as GatewayArgs, Gateway, GatewayConfig};
 use std::{
@@ -93,7 +93,7 @@ fn serve_backends() -> Result<(), BoxError> {
             .shutdown_grace(Duration::ZERO);
         let auth = server.local_addr()?;
         let checks = Arc::new(AtomicU64::new(0));
-        let service = tower::service_fn(move |req: Request<Incoming>| {
+        let service = tower::service_fn(move |req: Request<IncomingBody>| {
             let checks = checks.clone();
             async move {
                 if req.uri().path() == "/count" {

@@ -44,7 +44,7 @@
 //! let stacks = KestraEdge::builder("http://kestra-webserver-headless:8080")
 //!     .context_path("/kestra", PrefixMode::Keep)
 //!     .balance(|b| b.health_check(check))
-//!     .build_per_worker::<hyper::body::Incoming>(2)
+//!     .build_per_worker::<kestra_edge::server::IncomingBody>(2)
 //!     .await?;
 //! # let _ = stacks;
 //! # Ok(())
@@ -80,7 +80,7 @@
 //! use kestra_edge::{server::Server, KestraEdge};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let edge = KestraEdge::builder("http://127.0.0.1:8080").build::<hyper::body::Incoming>()?;
+//! let edge = KestraEdge::builder("http://127.0.0.1:8080").build::<kestra_edge::server::IncomingBody>()?;
 //! let server = Server::bind("127.0.0.1:8000".parse()?).await?;
 //! server.serve(edge, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(())
@@ -461,7 +461,7 @@ impl KestraEdgeBuilder {
             .collect()
     }
 
-    /// Builds the stack for request bodies of type `B` (hyper's `Incoming` when serving with
+    /// Builds the stack for request bodies of type `B` ([`server::IncomingBody`] when serving with
     /// [`server::Server`], axum's `Body` inside a `Router`). Several upstreams or balancing
     /// settings need [`build_per_worker`](Self::build_per_worker) instead
     /// ([`BuildError::NeedsBalancer`]).

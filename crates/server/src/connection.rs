@@ -2,6 +2,11 @@
 //! first-request deadline, the idle limit and graceful shutdown.
 
 use crate::{
+    body::IncomingBody,
+    h1::{
+        self,
+        conn::{Closing, Ended, Limits},
+    },
     transport::{Protocol, TlsConnection, Transport},
     LocalAddr, PeerAddr, Settings,
 };
@@ -98,6 +103,9 @@ impl Builders {
         configure_http2!(sniff.http2(), settings);
         let mut http1 = http1::Builder::new();
         configure_http1!(http1, settings);
+        // The head limit by itself, not only by the read buffer's size: a connection the own
+        // codec hands over comes with its bytes already read, maybe all at once.
+        http1.max_header_size(settings.max_header_bytes);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         configure_http2!(http2, settings);
         Self {
@@ -151,7 +159,7 @@ pub(crate) struct Connection<T, S> {
 impl<T, S, B> Connection<T, S>
 where
     T: Transport,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -193,14 +201,13 @@ where
             }
         };
         let state = Arc::new(ConnState::default());
-        let service = TowerToHyperService::new(ConnectionService {
+        let service = ConnectionService {
             inner: service,
             peer: PeerAddr(peer),
             local: LocalAddr(local),
             tls: accepted.tls,
             state: state.clone(),
-        });
-        let io = TokioIo::new(accepted.io);
+        };
         let watch = Watch {
             state,
             deadline,
@@ -208,6 +215,23 @@ where
             shutdown,
             peer,
         };
+        let io = match (accepted.protocol, settings.own_http1) {
+            (Protocol::Sniff, true) => match T::into_tcp(accepted.io) {
+                Ok(tcp) => {
+                    let limits = Limits {
+                        max_headers: settings.max_headers,
+                        max_header_bytes: settings.max_header_bytes,
+                        header_read_timeout: settings.header_read_timeout,
+                    };
+                    let conn = OwnConnection::new(tcp, service, builders, limits, deadline);
+                    return watch.drive(conn).await;
+                }
+                Err(io) => io,
+            },
+            _ => accepted.io,
+        };
+        let io = TokioIo::new(io);
+        let service = TowerToHyperService::new(service);
         match accepted.protocol {
             Protocol::Sniff => {
                 let conn = builders.sniff.serve_connection_with_upgrades(io, service);
@@ -222,6 +246,94 @@ where
                 watch.drive(conn).await
             }
         }
+    }
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+pin_project! {
+    /// A plain-TCP connection served by the own HTTP/1.1 codec, then by hyper if the codec
+    /// hands it over.
+    struct OwnConnection<F> {
+        #[pin]
+        serving: F,
+        closing: Arc<Closing>,
+    }
+}
+
+impl OwnConnection<()> {
+    #[allow(clippy::new_ret_no_self)]
+    fn new<S, B>(
+        tcp: TcpStream,
+        mut service: ConnectionService<S>,
+        builders: Arc<Builders>,
+        limits: Limits,
+        first: Instant,
+    ) -> OwnConnection<impl Future<Output = Result<(), BoxError>> + Send>
+    where
+        S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let closing = Arc::new(Closing::default());
+        let signal = closing.clone();
+        let serving = async move {
+            let ended = h1::conn::serve(tcp, &mut service, limits, &signal, first).await;
+            let Ended::Hyper { io, h2 } = ended else {
+                return Ok(());
+            };
+            let io = TokioIo::new(io);
+            let service = TowerToHyperService::new(service);
+            // Boxed: only connections handed over pay for hyper's connection state.
+            if h2 {
+                let conn = Box::pin(builders.http2.serve_connection(io, service));
+                finish_gracefully(conn, &signal).await
+            } else {
+                let conn = Box::pin(builders.http1.serve_connection(io, service).with_upgrades());
+                finish_gracefully(conn, &signal).await
+            }
+        };
+        OwnConnection { serving, closing }
+    }
+}
+
+/// Drives a hyper connection, asking it to finish when `closing` says so.
+async fn finish_gracefully<C>(mut conn: Pin<Box<C>>, closing: &Closing) -> Result<(), BoxError>
+where
+    C: GracefulConnection,
+    C::Error: Into<BoxError>,
+{
+    if !closing.is_closing() {
+        tokio::select! {
+            ended = conn.as_mut() => return ended.map_err(Into::into),
+            () = closing.closed() => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await.map_err(Into::into)
+}
+
+impl<F: Future<Output = Result<(), BoxError>>> Future for OwnConnection<F> {
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().serving.poll(cx)
+    }
+}
+
+impl<F: Future<Output = Result<(), BoxError>>> GracefulConnection for OwnConnection<F> {
+    type Error = BoxError;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.closing.close();
+    }
+    fn head_too_large(err: &BoxError) -> bool {
+        err.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
     }
 }
 
@@ -388,7 +500,8 @@ struct ConnectionService<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for ConnectionService<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    B: Into<IncomingBody>,
+    S: Service<Request<IncomingBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
     type Response = Response<ActiveBody<ResBody>>;
@@ -410,7 +523,7 @@ where
             extensions.insert(TlsConnection);
         }
         ConnectionFuture {
-            inner: self.inner.call(req),
+            inner: self.inner.call(req.map(Into::into)),
             active: Some(Active {
                 state: self.state.clone(),
                 ended: false,
@@ -475,6 +588,16 @@ pin_project! {
         #[pin]
         inner: B,
         active: Option<Active>,
+    }
+}
+
+impl<B> ActiveBody<B> {
+    /// Counts the response as sent whole although its body is not read to its end (a
+    /// `HEAD` answer, or a body that reached its `Content-Length`).
+    pub(crate) fn finish(self: Pin<&mut Self>) {
+        if let Some(active) = self.project().active {
+            active.ended = true;
+        }
     }
 }
 

@@ -2,8 +2,14 @@
 //!
 //! [`Server`] serves a tower service on a [`TcpListener`]:
 //!
-//! - HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on the same port, with hyper-util's
-//!   auto builder and upgrades enabled (`serve_connection_with_upgrades`);
+//! - HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on the same port. On plain TCP the
+//!   server's own HTTP/1.1 codec ([`h1`]) serves requests without a body (the UI's polls,
+//!   pages, assets and SSE streams) on the connection's own task, with buffers lent only
+//!   while bytes are in flight; the first request it does not take (a body, an upgrade,
+//!   `Expect`, HTTP/1.0, the HTTP/2 preface, anything malformed or over the limits) hands
+//!   the connection, with the bytes already read, to hyper's HTTP/1 (upgrades enabled) or
+//!   HTTP/2 connection, which serves it to its end. [`Server::own_http1`]`(false)` leaves
+//!   everything to hyper (hyper-util's auto builder);
 //! - or, with another [`Transport`] (`kestra-edge-tls`'s TLS acceptor), each connection
 //!   handed straight to hyper's HTTP/2 or HTTP/1 connection by what the transport negotiated
 //!   (ALPN), without reading the protocol again; its requests carry [`TlsConnection`];
@@ -20,6 +26,8 @@
 //!   an over-long request line 414;
 //! - `TCP_NODELAY` on every accepted socket;
 //! - HTTP/2 extended CONNECT advertised (RFC 8441), for WebSockets over HTTP/2;
+//! - services receive [`IncomingBody`]: empty for the own codec's requests, hyper's
+//!   `Incoming` otherwise;
 //! - each request carries a [`PeerAddr`] extension (the TCP peer) and a [`LocalAddr`]
 //!   extension (the listener address it came in on);
 //! - graceful shutdown: when `shutdown` resolves, accepting stops at once, in-flight requests
@@ -33,7 +41,7 @@
 //! use std::{convert::Infallible, time::Duration};
 //!
 //! # async fn run() -> std::io::Result<()> {
-//! let service = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+//! let service = tower::service_fn(|_req: http::Request<kestra_edge_server::IncomingBody>| async {
 //!     Ok::<_, Infallible>(http::Response::new(String::from("pong")))
 //! });
 //! let server = Server::bind("127.0.0.1:0".parse().unwrap())
@@ -46,7 +54,6 @@
 
 use connection::{Builders, Connection};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use std::{
     convert::Infallible,
     error::Error as StdError,
@@ -62,9 +69,12 @@ use std::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::Service;
 
+mod body;
 mod connection;
+pub mod h1;
 mod per_core;
 mod transport;
+pub use body::IncomingBody;
 pub use per_core::PerCoreServer;
 pub use transport::{Accepted, PlainTcp, Protocol, TlsConnection, Transport};
 
@@ -98,6 +108,7 @@ struct Settings {
     h2_max_concurrent_streams: u32,
     h2_keep_alive_interval: Option<Duration>,
     h2_keep_alive_timeout: Duration,
+    own_http1: bool,
 }
 
 impl Default for Settings {
@@ -111,6 +122,7 @@ impl Default for Settings {
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             h2_keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),
             h2_keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
+            own_http1: true,
         }
     }
 }
@@ -172,6 +184,14 @@ macro_rules! settings_setters {
         pub fn h2_keep_alive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
             self.settings.h2_keep_alive_interval = interval;
             self.settings.h2_keep_alive_timeout = timeout;
+            self
+        }
+
+        /// Whether plain-TCP HTTP/1.1 requests without a body are served by the server's own
+        /// codec ([`h1`](crate::h1); default true). `false` leaves every request to hyper, as
+        /// before the codec existed (for comparisons).
+        pub fn own_http1(mut self, on: bool) -> Self {
+            self.settings.own_http1 = on;
             self
         }
     };
@@ -286,7 +306,7 @@ impl<T: Transport> Server<T> {
     /// Serves `service` until `shutdown` resolves and the grace period has run its course.
     pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
     where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
@@ -373,7 +393,7 @@ mod tests {
             .unwrap();
         let local = server.local_addr().unwrap();
         let connections = server.connections();
-        let service = tower::service_fn(|req: Request<Incoming>| async move {
+        let service = tower::service_fn(|req: Request<IncomingBody>| async move {
             let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.to_string());
             let local = req.extensions().get::<LocalAddr>().map(|l| l.0.to_string());
             Ok::<_, Infallible>(Response::new(format!("{peer:?} {local:?}")))
@@ -416,7 +436,7 @@ mod h2_keep_alive_tests {
             .unwrap()
             .h2_keep_alive(Some(Duration::from_millis(100)), Duration::from_millis(100));
         let addr = server.local_addr().unwrap();
-        let service = tower::service_fn(|_req: Request<Incoming>| async {
+        let service = tower::service_fn(|_req: Request<IncomingBody>| async {
             Ok::<_, Infallible>(Response::new(String::from("pong")))
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,8 +1,8 @@
 //! [`PerCoreServer`]: one single-threaded runtime and one listener per thread.
 
+use crate::IncomingBody;
 use crate::{settings_setters, Connections, PlainTcp, Server, Settings, Transport};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::{
     convert::Infallible, error::Error as StdError, future::Future, io, net::SocketAddr,
@@ -94,7 +94,7 @@ impl<T: Transport> PerCoreServer<T> {
     ) -> io::Result<()>
     where
         M: Fn(usize) -> S,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
@@ -204,7 +204,7 @@ mod tests {
             let seen = seen.clone();
             move |i: usize| {
                 let seen = seen.clone();
-                tower::service_fn(move |_req: Request<Incoming>| {
+                tower::service_fn(move |_req: Request<IncomingBody>| {
                     let name = std::thread::current().name().map(str::to_owned);
                     seen.lock().unwrap().insert(name.clone());
                     async move { Ok::<_, Infallible>(Response::new(format!("{i} {name:?}"))) }

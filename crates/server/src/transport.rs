@@ -51,6 +51,13 @@ pub trait Transport: Clone + Send + Sync + 'static {
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> impl Future<Output = io::Result<Option<Accepted<Self::Io>>>> + Send;
+
+    /// The TCP stream itself, when [`Transport::Io`] is one: the server then serves
+    /// HTTP/1.1 on it with its own codec (see the crate docs). Any other stream is
+    /// served by hyper alone.
+    fn into_tcp(io: Self::Io) -> Result<TcpStream, Self::Io> {
+        Err(io)
+    }
 }
 
 /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge (h2c), told apart by the first bytes.
@@ -70,5 +77,9 @@ impl Transport for PlainTcp {
             protocol: Protocol::Sniff,
             tls: false,
         }))
+    }
+
+    fn into_tcp(io: TcpStream) -> Result<TcpStream, TcpStream> {
+        Ok(io)
     }
 }

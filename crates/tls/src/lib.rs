@@ -42,7 +42,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let certs = Arc::new(CertReloader::load("/etc/kestra-edge/tls.crt", "/etc/kestra-edge/tls.key")?);
 //! let _watch = certs.watch()?; // reload when the files change
-//! let service = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+//! let service = tower::service_fn(|_req: http::Request<kestra_edge_server::IncomingBody>| async {
 //!     Ok::<_, Infallible>(http::Response::new(String::from("hello over TLS")))
 //! });
 //! Server::bind("0.0.0.0:443".parse()?)

@@ -40,7 +40,7 @@ impl Predicate for CompressionSwitch {
 }
 
 /// The request body the stack gets: the client's, counted for the access log.
-pub type GatewayBody = CountedBody<hyper::body::Incoming>;
+pub type GatewayBody = CountedBody<kestra_edge::server::IncomingBody>;
 
 /// What the gateway serves: the kestra-edge stack, behind optional compression (whose
 /// default predicate never compresses `text/event-stream`), counted by the telemetry layer

@@ -40,7 +40,7 @@ impl Gateway {
         let edge = KestraEdge::builder(upstream.url())
             .context_path("/kestra", PrefixMode::Keep)
             .forward_auth(auth)
-            .build::<hyper::body::Incoming>()
+            .build::<kestra_edge::server::IncomingBody>()
             .unwrap();
         let server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = server.local_addr().unwrap();

@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use kestra_edge::server::Server;
+use kestra_edge_server::IncomingBody;
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -60,7 +60,7 @@ impl AuthStandin {
         let service = {
             let seen = seen.clone();
             let hang = hang.clone();
-            tower::service_fn(move |req: Request<Incoming>| {
+            tower::service_fn(move |req: Request<IncomingBody>| {
                 let seen = seen.clone();
                 let hang = hang.clone();
                 async move {

@@ -1,0 +1,462 @@
+//! One plain-TCP HTTP/1.1 connection served by the own codec, until it ends or hands over
+//! to hyper.
+//!
+//! The connection's task does everything itself: it reads a request head into a lent
+//! buffer, calls the service, writes the response head and body with as few system calls as
+//! hyper (head and a ready body in one write), and watches the socket for the client leaving
+//! while it waits on the service or on the body (an SSE stream). Buffers are lent by the
+//! thread's pool only while bytes are in flight, and the service's future is boxed only
+//! while it runs: a quiet SSE stream holds neither.
+
+use super::{
+    codec::{self, BodyLength, Encoded, Framing, Parsed, RequestInfo},
+    pool,
+    rewind::Rewind,
+};
+use crate::{body::IncomingBody, connection::ActiveBody};
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use std::{
+    convert::Infallible,
+    future::{poll_fn, Future},
+    io::{self, IoSlice},
+    pin::{pin, Pin},
+    sync::atomic::{AtomicBool, Ordering},
+    task::Poll,
+    time::Duration,
+};
+use tokio::{
+    io::AsyncWrite,
+    net::TcpStream,
+    sync::Notify,
+    time::{sleep_until, Instant},
+};
+use tower::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A data frame at least this large is written from its own buffer (vectored), not copied.
+const COPY_BELOW: usize = 16 * 1024;
+/// Written body bytes are flushed once this many are waiting, even when more are ready.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// The server's limits, as the codec needs them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_headers: usize,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) header_read_timeout: Duration,
+}
+
+/// Asks a connection to finish: an idle one closes at once, a busy one after its response.
+#[derive(Debug, Default)]
+pub(crate) struct Closing {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Closing {
+    pub(crate) fn close(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn closed(&self) {
+        while !self.is_closing() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// How the own codec left the connection.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// Closed (or to be dropped): nothing more to do.
+    Done,
+    /// hyper takes over, first reading the bytes the codec read and did not use.
+    Hyper {
+        io: Rewind<TcpStream>,
+        /// The client sent the HTTP/2 preface.
+        h2: bool,
+    },
+}
+
+/// Serves `tcp` until it closes, or until a request the codec does not take; `first` is
+/// the deadline of the first request head.
+pub(crate) async fn serve<S, B>(
+    mut tcp: TcpStream,
+    service: &mut S,
+    limits: Limits,
+    closing: &Closing,
+    first: Instant,
+) -> Ended
+where
+    S: Service<Request<IncomingBody>, Response = Response<ActiveBody<B>>, Error = Infallible>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut read: Vec<u8> = Vec::new();
+    let mut scanned = 0;
+    let mut served = false;
+    let deadline = pin!(sleep_until(first));
+    let mut deadline = deadline;
+    // The service's future, boxed once and reused while requests come quickly; freed when a
+    // response streams (an SSE stream keeps nothing of it).
+    let mut slot: Option<Pin<Box<Option<S::Future>>>> = None;
+    loop {
+        // A request head.
+        let (request, info, len) = loop {
+            if !read.is_empty() {
+                if !served {
+                    match codec::h2_preface(&read) {
+                        Some(true) => return hand_over(tcp, &mut read, true),
+                        None => {
+                            if !wait_for_bytes(&tcp, &mut read, &mut deadline, closing).await {
+                                return Ended::Done;
+                            }
+                            continue;
+                        }
+                        Some(false) => {}
+                    }
+                }
+                if let Some(end) = codec::head_end(&read, scanned) {
+                    match codec::parse_head(
+                        &read[..end],
+                        limits.max_headers,
+                        limits.max_header_bytes,
+                    ) {
+                        Parsed::Request { request, info, len } => break (request, info, len),
+                        Parsed::Partial | Parsed::Hyper => {
+                            return hand_over(tcp, &mut read, false);
+                        }
+                    }
+                }
+                scanned = codec::next_scan(read.len());
+                if read.len() > limits.max_header_bytes {
+                    // hyper answers 431 (or 414).
+                    return hand_over(tcp, &mut read, false);
+                }
+            } else if closing.is_closing() {
+                return Ended::Done;
+            }
+            if !wait_for_bytes(&tcp, &mut read, &mut deadline, closing).await {
+                return Ended::Done;
+            }
+        };
+        served = true;
+        read.drain(..len);
+        scanned = 0;
+        if read.is_empty() {
+            pool::give(&mut read);
+        }
+
+        // The service's answer, unless the client leaves first.
+        if let Err(never) = poll_fn(|cx| service.poll_ready(cx)).await {
+            match never {}
+        }
+        let future = service.call(request.map(|()| IncomingBody::empty()));
+        let running = match &mut slot {
+            Some(running) => {
+                running.as_mut().set(Some(future));
+                running
+            }
+            None => slot.insert(Box::pin(Some(future))),
+        };
+        let answer = poll_fn(|cx| match running.as_mut().as_pin_mut() {
+            Some(future) => future.poll(cx),
+            None => Poll::Pending,
+        });
+        let response = tokio::select! {
+            biased;
+            answer = answer => answer,
+            () = client_gone(&tcp, &mut read, limits.max_header_bytes) => return Ended::Done,
+        };
+        running.as_mut().set(None);
+        let Ok(response) = response;
+
+        let keep_alive = info.keep_alive && !closing.is_closing();
+        match respond(
+            &tcp, response, info, keep_alive, &mut read, limits, &mut slot,
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                pool::give(&mut read);
+                // The response is whole: a FIN after it, as hyper closes.
+                let _ = poll_fn(|cx| Pin::new(&mut tcp).poll_shutdown(cx)).await;
+                return Ended::Done;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "HTTP/1.1 response not written whole: closed");
+                pool::give(&mut read);
+                return Ended::Done;
+            }
+        }
+        deadline.as_mut().reset(after(limits.header_read_timeout));
+    }
+}
+
+/// `timeout` from now, or far in the future when that overflows.
+fn after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
+/// Waits until the client sends more of a head and reads it; false when the connection is
+/// to close (end of stream, error, the header timeout, or a graceful close while idle).
+async fn wait_for_bytes(
+    tcp: &TcpStream,
+    read: &mut Vec<u8>,
+    deadline: &mut Pin<&mut tokio::time::Sleep>,
+    closing: &Closing,
+) -> bool {
+    loop {
+        let idle = read.is_empty();
+        tokio::select! {
+            biased;
+            ready = tcp.readable() => {
+                if ready.is_err() {
+                    return false;
+                }
+            }
+            () = deadline.as_mut() => {
+                tracing::debug!("no request head within the header timeout: closed");
+                return false;
+            }
+            () = closing.closed(), if idle => return false,
+        }
+        if read.capacity() == 0 {
+            *read = pool::take();
+        } else if read.len() == read.capacity() {
+            read.reserve(pool::BUFFER);
+        }
+        match tcp.try_read_buf(read) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Resolves when the client has closed its side or the connection failed. Bytes the client
+/// pipelines meanwhile are kept in `read` (up to `limit`, after which the socket is no
+/// longer watched, as hyper stops reading a busy connection).
+async fn client_gone(tcp: &TcpStream, read: &mut Vec<u8>, limit: usize) {
+    loop {
+        if read.len() >= limit {
+            return std::future::pending().await;
+        }
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        if read.capacity() == 0 {
+            *read = pool::take();
+        } else if read.len() == read.capacity() {
+            read.reserve(pool::BUFFER);
+        }
+        match tcp.try_read_buf(read) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Gives the connection to hyper with the bytes read so far.
+fn hand_over(tcp: TcpStream, read: &mut Vec<u8>, h2: bool) -> Ended {
+    let prefix = Bytes::copy_from_slice(read);
+    pool::give(read);
+    Ended::Hyper {
+        io: Rewind::new(prefix, tcp),
+        h2,
+    }
+}
+
+/// Writes `response`; `Ok(true)` when the connection may carry another request.
+async fn respond<B, F>(
+    tcp: &TcpStream,
+    response: Response<ActiveBody<B>>,
+    info: RequestInfo,
+    keep_alive: bool,
+    read: &mut Vec<u8>,
+    limits: Limits,
+    slot: &mut Option<Pin<Box<Option<F>>>>,
+) -> io::Result<bool>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let mut body = pin!(body);
+    let mut out = pool::take();
+    let encoded = codec::encode_head(
+        parts.status,
+        parts.version,
+        &parts.headers,
+        BodyLength::of(&*body),
+        info,
+        keep_alive,
+        &mut out,
+    );
+    drop(parts);
+    let Encoded { framing, last } = match encoded {
+        Ok(encoded) => encoded,
+        Err(err) => {
+            tracing::warn!(error = %err, "response head refused: connection closed");
+            pool::give(&mut out);
+            return Ok(false);
+        }
+    };
+    let mut remaining = match framing {
+        Framing::Length(len) => len,
+        Framing::Chunked(_) | Framing::Close => u64::MAX,
+    };
+    let mut trailers: Option<HeaderMap> = None;
+    if remaining == 0 {
+        // A HEAD, 204 or 304 answer, or an empty body: the body is not read (as hyper).
+        body.as_mut().finish();
+    }
+    let mut complete = remaining == 0;
+    while !complete {
+        let polled = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        let frame = match polled.map(settle) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                // Nothing more for now: what is written goes out, the buffers go back, and
+                // the client is watched while the body waits (a quiet SSE stream).
+                flush(tcp, &mut out).await?;
+                pool::give(&mut out);
+                *slot = None;
+                let next = poll_fn(|cx| body.as_mut().poll_frame(cx));
+                tokio::select! {
+                    biased;
+                    frame = next => settle(frame),
+                    () = client_gone(tcp, read, limits.max_header_bytes) => return Ok(false),
+                }
+            }
+        };
+        match frame {
+            None => {
+                if let Framing::Chunked(allowed) = &framing {
+                    ensure(&mut out);
+                    codec::chunked_end(&mut out, allowed.as_deref(), trailers.as_ref());
+                } else if remaining != u64::MAX && remaining != 0 {
+                    // The body ended short of its Content-Length: the client must not take
+                    // the next bytes for this response.
+                    flush(tcp, &mut out).await?;
+                    return Ok(false);
+                }
+                complete = true;
+            }
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "response body failed: transfer aborted");
+                flush(tcp, &mut out).await?;
+                return Ok(false);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    let mut len = data.remaining();
+                    if len == 0 {
+                        continue;
+                    }
+                    if let Framing::Length(_) = framing {
+                        // More than announced is cut, as hyper cuts it.
+                        len = len.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                        remaining -= len as u64;
+                    }
+                    ensure(&mut out);
+                    let chunked = matches!(framing, Framing::Chunked(_));
+                    if chunked {
+                        codec::chunk_header(&mut out, len);
+                    }
+                    if len < COPY_BELOW {
+                        let mut left = len;
+                        while left > 0 {
+                            let chunk = data.chunk();
+                            let n = chunk.len().min(left);
+                            out.extend_from_slice(&chunk[..n]);
+                            data.advance(n);
+                            left -= n;
+                        }
+                        if chunked {
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    } else {
+                        let bytes = data.copy_to_bytes(len);
+                        drop(data);
+                        let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
+                        write_all(
+                            tcp,
+                            &mut [IoSlice::new(&out), IoSlice::new(&bytes), IoSlice::new(tail)],
+                        )
+                        .await?;
+                        out.clear();
+                    }
+                    if remaining == 0 {
+                        body.as_mut().finish();
+                        complete = true;
+                    } else if out.len() >= FLUSH_AT {
+                        flush(tcp, &mut out).await?;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(fields) = frame.into_trailers() {
+                        trailers = Some(fields);
+                    }
+                }
+            },
+        }
+    }
+    flush(tcp, &mut out).await?;
+    pool::give(&mut out);
+    if last || matches!(framing, Framing::Close) {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// A body frame with its error boxed (sendable, whatever the body's error type).
+fn settle<D, E: Into<BoxError>>(
+    frame: Option<Result<http_body::Frame<D>, E>>,
+) -> Option<Result<http_body::Frame<D>, BoxError>> {
+    frame.map(|frame| frame.map_err(Into::into))
+}
+
+/// Makes sure `out` has a lent buffer to write into.
+fn ensure(out: &mut Vec<u8>) {
+    if out.capacity() == 0 {
+        *out = pool::take();
+    }
+}
+
+/// Writes and empties `out`.
+async fn flush(tcp: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        write_all(tcp, &mut [IoSlice::new(out)]).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Writes every byte of `bufs`, trying the socket before waiting on it.
+async fn write_all(tcp: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match tcp.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
