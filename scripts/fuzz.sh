@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${1:-60}
-for target in prefix forwarded sse_boundary h1_response; do
+for target in prefix forwarded sse_boundary h1_response h1_request; do
   echo "== fuzz $target for ${seconds}s"
   # Exits non-zero on a crash, leaving the input in fuzz/artifacts/<target>/.
   cargo +nightly fuzz run -O "$target" "corpus/$target" -- \

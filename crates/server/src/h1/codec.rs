@@ -263,18 +263,21 @@ pub struct Encoded {
     pub last: bool,
 }
 
-/// Why a response head cannot be written; the connection answers 500 instead and closes.
+/// Why a response head cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EncodeError {
-    /// An informational (1xx) response: a service cannot answer with one (hyper's rule).
+    /// An informational (1xx) response other than 101: a service cannot answer with one
+    /// (hyper's rule); the connection answers 500 and closes, as hyper does.
     #[error("1xx response from a service")]
     Informational,
-    /// `Content-Length` unparsable or repeated with another value, or after
-    /// `Transfer-Encoding`.
+    /// `Content-Length` unparsable or repeated with another value (or repeated at all on a
+    /// bodiless HEAD answer), or after `Transfer-Encoding`: nothing is written and the
+    /// connection closes, as hyper does.
     #[error("invalid Content-Length in the response")]
     ContentLength,
-    /// `Transfer-Encoding` after `Content-Length`.
+    /// `Transfer-Encoding` after `Content-Length`: nothing is written and the connection
+    /// closes.
     #[error("Transfer-Encoding after Content-Length in the response")]
     TransferEncoding,
 }
@@ -295,7 +298,7 @@ pub fn encode_head(
     keep_alive: bool,
     dst: &mut Vec<u8>,
 ) -> Result<Encoded, EncodeError> {
-    if status.is_informational() {
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Err(EncodeError::Informational);
     }
     let start = dst.len();
@@ -331,7 +334,9 @@ fn encode_fields(
     let mut framing = Framing::Length(0);
     let mut wrote_len = false;
     let mut wrote_date = false;
-    let mut last = !keep_alive;
+    // A 101 ends the HTTP/1 exchange: hyper writes it and closes (no upgrade is pending on
+    // a request the codec serves).
+    let mut last = !keep_alive || status == StatusCode::SWITCHING_PROTOCOLS;
     let mut trailer_names: Option<Vec<HeaderName>> = None;
     for name in headers.keys() {
         let values = headers.get_all(name);
@@ -363,10 +368,13 @@ fn encode_fields(
                                 Some(_) => {}
                             }
                         }
-                        // No body: only a HEAD response keeps the field, every value of
-                        // it (as hyper writes it).
+                        // No body: only a HEAD response keeps the field, and only once
+                        // (hyper refuses a repeated one there).
                         BodyLength::Empty => {
                             if request.head {
+                                if wrote_len {
+                                    return Err(EncodeError::ContentLength);
+                                }
                                 field(dst, b"content-length", value.as_bytes());
                                 wrote_len = true;
                             }
@@ -551,14 +559,14 @@ fn write_decimal(dst: &mut Vec<u8>, mut n: u64) {
     dst.extend_from_slice(&digits[i..]);
 }
 
-/// Writes a chunk's size line (`{len:x}\r\n`).
+/// Writes a chunk's size line (`{len:X}\r\n`, upper-case hex as hyper writes it).
 pub fn chunk_header(dst: &mut Vec<u8>, len: usize) {
     let mut hex = [0u8; 16];
     let mut i = hex.len();
     let mut n = len;
     loop {
         i -= 1;
-        hex[i] = b"0123456789abcdef"[n & 0xf];
+        hex[i] = b"0123456789ABCDEF"[n & 0xf];
         n >>= 4;
         if n == 0 {
             break;
@@ -874,6 +882,6 @@ mod tests {
         let mut dst = Vec::new();
         chunk_header(&mut dst, 0x1a2b);
         write_decimal(&mut dst, 18_446_744_073_709_551_615);
-        assert_eq!(dst, b"1a2b\r\n18446744073709551615");
+        assert_eq!(dst, b"1A2B\r\n18446744073709551615");
     }
 }

@@ -9,13 +9,13 @@
 //! while it runs: a quiet SSE stream holds neither.
 
 use super::{
-    codec::{self, BodyLength, Encoded, Framing, Parsed, RequestInfo},
+    codec::{self, BodyLength, EncodeError, Encoded, Framing, Parsed, RequestInfo},
     pool,
     rewind::Rewind,
 };
 use crate::{body::IncomingBody, connection::ActiveBody};
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::Body;
 use std::{
     convert::Infallible,
@@ -312,6 +312,26 @@ where
         Ok(encoded) => encoded,
         Err(err) => {
             tracing::warn!(error = %err, "response head refused: connection closed");
+            out.clear();
+            if err == EncodeError::Informational {
+                // hyper's answer to a 1xx from a service.
+                let empty = HeaderMap::new();
+                let status = StatusCode::INTERNAL_SERVER_ERROR;
+                let length = BodyLength::Empty;
+                if codec::encode_head(
+                    status,
+                    Version::HTTP_11,
+                    &empty,
+                    length,
+                    info,
+                    true,
+                    &mut out,
+                )
+                .is_ok()
+                {
+                    flush(tcp, &mut out).await?;
+                }
+            }
             pool::give(&mut out);
             return Ok(false);
         }
