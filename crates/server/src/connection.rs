@@ -232,18 +232,19 @@ where
         };
         let io = TokioIo::new(io);
         let service = TowerToHyperService::new(service);
+        // Boxed like the own codec's state: the task's size is that of its largest branch.
         match accepted.protocol {
             Protocol::Sniff => {
                 let conn = builders.sniff.serve_connection_with_upgrades(io, service);
-                watch.drive(conn).await
+                watch.drive(Box::pin(conn)).await
             }
             Protocol::Http1 => {
                 let conn = builders.http1.serve_connection(io, service).with_upgrades();
-                watch.drive(conn).await
+                watch.drive(Box::pin(conn)).await
             }
             Protocol::Http2 => {
                 let conn = builders.http2.serve_connection(io, service);
-                watch.drive(conn).await
+                watch.drive(Box::pin(conn)).await
             }
         }
     }
@@ -251,14 +252,12 @@ where
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-pin_project! {
-    /// A plain-TCP connection served by the own HTTP/1.1 codec, then by hyper if the codec
-    /// hands it over.
-    struct OwnConnection<F> {
-        #[pin]
-        serving: F,
-        closing: Arc<Closing>,
-    }
+/// A plain-TCP connection served by the own HTTP/1.1 codec, then by hyper if the codec
+/// hands it over. Its state is boxed once, so that the connection's task stays small whatever
+/// the service's response body is (a quiet SSE stream holds one allocation of it).
+struct OwnConnection<F> {
+    serving: Pin<Box<F>>,
+    closing: Arc<Closing>,
 }
 
 impl OwnConnection<()> {
@@ -298,7 +297,10 @@ impl OwnConnection<()> {
                 finish_gracefully(conn, &signal).await
             }
         };
-        OwnConnection { serving, closing }
+        OwnConnection {
+            serving: Box::pin(serving),
+            closing,
+        }
     }
 }
 
@@ -321,8 +323,8 @@ where
 impl<F: Future<Output = Result<(), BoxError>>> Future for OwnConnection<F> {
     type Output = Result<(), BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().serving.poll(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.serving.as_mut().poll(cx)
     }
 }
 
@@ -398,6 +400,16 @@ where
     }
     fn head_too_large(err: &hyper::Error) -> bool {
         err.is_parse_too_large()
+    }
+}
+
+impl<C: GracefulConnection> GracefulConnection for Pin<Box<C>> {
+    type Error = C::Error;
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.get_mut().as_mut().graceful_shutdown();
+    }
+    fn head_too_large(err: &C::Error) -> bool {
+        C::head_too_large(err)
     }
 }
 

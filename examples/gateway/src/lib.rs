@@ -2,6 +2,7 @@
 //! concern in [`config`]) and the serve loop the binary runs. Tests start the same
 //! [`Gateway`] in-process.
 
+pub mod compress;
 pub mod config;
 pub mod doctor;
 mod egress;
@@ -10,6 +11,7 @@ mod egress;
 pub use egress::reload_on_sighup as reload_egress_on_sighup;
 pub use egress::EgressListener;
 
+use compress::MaybeCompress;
 pub use config::{
     Args, CertSource, ConfigError, ForwardedHeader, GatewayConfig, HostHeader, PrefixModeArg,
 };
@@ -26,7 +28,7 @@ use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tower::Layer;
 use tower_http::compression::{
     predicate::{And, DefaultPredicate, Predicate},
-    Compression, CompressionLayer,
+    CompressionLayer,
 };
 
 /// Compression on or off, decided once at start-up.
@@ -46,7 +48,7 @@ pub type GatewayBody = CountedBody<kestra_edge::server::IncomingBody>;
 /// default predicate never compresses `text/event-stream`), counted by the telemetry layer
 /// (metrics off without `--admin-listen`) and written to the access log (`--access-log`).
 pub type GatewayService =
-    Telemetry<Compression<KestraEdge<GatewayBody>, And<CompressionSwitch, DefaultPredicate>>>;
+    Telemetry<MaybeCompress<KestraEdge<GatewayBody>, And<CompressionSwitch, DefaultPredicate>>>;
 
 /// The main listener: plain HTTP (HTTP/1.1 and h2c), or TLS.
 #[derive(Debug)]
@@ -179,7 +181,13 @@ impl Gateway {
         }
         let services: Vec<GatewayService> = edges
             .into_iter()
-            .map(|edge| telemetry.layer(compression.layer(edge)))
+            .map(|edge| {
+                telemetry.layer(if config.streams.compression {
+                    MaybeCompress::On(compression.layer(edge))
+                } else {
+                    MaybeCompress::Off(edge)
+                })
+            })
             .collect();
 
         let mut tls = TlsState::default();

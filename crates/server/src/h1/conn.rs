@@ -167,24 +167,54 @@ where
             }
             None => slot.insert(Box::pin(Some(future))),
         };
-        let answer = poll_fn(|cx| match running.as_mut().as_pin_mut() {
-            Some(future) => future.poll(cx),
-            None => Poll::Pending,
-        });
-        let response = tokio::select! {
-            biased;
-            answer = answer => answer,
-            () = client_gone(&tcp, &mut read, limits.max_header_bytes) => return Ended::Done,
-        };
-        running.as_mut().set(None);
-        let Ok(response) = response;
-
+        // The head is written as soon as the answer comes, and only the body is kept, pinned
+        // once: the response and its parts end in this block, so the connection's state holds
+        // one copy of the body and nothing else of the response.
         let keep_alive = info.keep_alive && !closing.is_closing();
-        match respond(
-            &tcp, response, info, keep_alive, &mut read, limits, &mut slot,
-        )
-        .await
-        {
+        let mut out: Vec<u8>;
+        let encoded;
+        let mut body = pin!({
+            let answer = poll_fn(|cx| match running.as_mut().as_pin_mut() {
+                Some(future) => future.poll(cx),
+                None => Poll::Pending,
+            });
+            let answer = tokio::select! {
+                biased;
+                answer = answer => answer,
+                () = client_gone(&tcp, &mut read, limits.max_header_bytes) => return Ended::Done,
+            };
+            running.as_mut().set(None);
+            let Ok(response) = answer;
+            let (parts, body) = response.into_parts();
+            out = pool::take();
+            encoded = codec::encode_head(
+                parts.status,
+                parts.version,
+                &parts.headers,
+                BodyLength::of(&body),
+                info,
+                keep_alive,
+                &mut out,
+            );
+            body
+        });
+        let written = match encoded {
+            Ok(encoded) => {
+                let sent = respond(
+                    &tcp,
+                    body.as_mut(),
+                    encoded,
+                    &mut out,
+                    &mut read,
+                    limits,
+                    &mut slot,
+                );
+                sent.await
+            }
+            Err(err) => refuse(&tcp, err, info, &mut out).await,
+        };
+        pool::give(&mut out);
+        match written {
             Ok(true) => {}
             Ok(false) => {
                 pool::give(&mut read);
@@ -281,12 +311,34 @@ fn hand_over(tcp: TcpStream, read: &mut Vec<u8>, h2: bool) -> Ended {
     }
 }
 
-/// Writes `response`; `Ok(true)` when the connection may carry another request.
+/// A response head the codec refused: hyper's answer to a 1xx from a service is a 500;
+/// for the other errors nothing is written. The connection closes either way.
+async fn refuse(
+    tcp: &TcpStream,
+    err: EncodeError,
+    info: RequestInfo,
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    tracing::warn!(error = %err, "response head refused: connection closed");
+    out.clear();
+    if err == EncodeError::Informational {
+        let empty = HeaderMap::new();
+        let status = StatusCode::INTERNAL_SERVER_ERROR;
+        let length = BodyLength::Empty;
+        if codec::encode_head(status, Version::HTTP_11, &empty, length, info, true, out).is_ok() {
+            flush(tcp, out).await?;
+        }
+    }
+    Ok(false)
+}
+
+/// Writes the head in `out` and the body after it; `Ok(true)` when the connection may carry
+/// another request.
 async fn respond<B, F>(
     tcp: &TcpStream,
-    response: Response<ActiveBody<B>>,
-    info: RequestInfo,
-    keep_alive: bool,
+    mut body: Pin<&mut ActiveBody<B>>,
+    Encoded { framing, last }: Encoded,
+    out: &mut Vec<u8>,
     read: &mut Vec<u8>,
     limits: Limits,
     slot: &mut Option<Pin<Box<Option<F>>>>,
@@ -295,47 +347,6 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = response.into_parts();
-    let mut body = pin!(body);
-    let mut out = pool::take();
-    let encoded = codec::encode_head(
-        parts.status,
-        parts.version,
-        &parts.headers,
-        BodyLength::of(&*body),
-        info,
-        keep_alive,
-        &mut out,
-    );
-    drop(parts);
-    let Encoded { framing, last } = match encoded {
-        Ok(encoded) => encoded,
-        Err(err) => {
-            tracing::warn!(error = %err, "response head refused: connection closed");
-            out.clear();
-            if err == EncodeError::Informational {
-                // hyper's answer to a 1xx from a service.
-                let empty = HeaderMap::new();
-                let status = StatusCode::INTERNAL_SERVER_ERROR;
-                let length = BodyLength::Empty;
-                if codec::encode_head(
-                    status,
-                    Version::HTTP_11,
-                    &empty,
-                    length,
-                    info,
-                    true,
-                    &mut out,
-                )
-                .is_ok()
-                {
-                    flush(tcp, &mut out).await?;
-                }
-            }
-            pool::give(&mut out);
-            return Ok(false);
-        }
-    };
     let mut remaining = match framing {
         Framing::Length(len) => len,
         Framing::Chunked(_) | Framing::Close => u64::MAX,
@@ -353,8 +364,8 @@ where
             Poll::Pending => {
                 // Nothing more for now: what is written goes out, the buffers go back, and
                 // the client is watched while the body waits (a quiet SSE stream).
-                flush(tcp, &mut out).await?;
-                pool::give(&mut out);
+                flush(tcp, out).await?;
+                pool::give(out);
                 *slot = None;
                 let next = poll_fn(|cx| body.as_mut().poll_frame(cx));
                 tokio::select! {
@@ -367,19 +378,19 @@ where
         match frame {
             None => {
                 if let Framing::Chunked(allowed) = &framing {
-                    ensure(&mut out);
-                    codec::chunked_end(&mut out, allowed.as_deref(), trailers.as_ref());
+                    ensure(out);
+                    codec::chunked_end(out, allowed.as_deref(), trailers.as_ref());
                 } else if remaining != u64::MAX && remaining != 0 {
                     // The body ended short of its Content-Length: the client must not take
                     // the next bytes for this response.
-                    flush(tcp, &mut out).await?;
+                    flush(tcp, out).await?;
                     return Ok(false);
                 }
                 complete = true;
             }
             Some(Err(err)) => {
                 tracing::debug!(error = %err, "response body failed: transfer aborted");
-                flush(tcp, &mut out).await?;
+                flush(tcp, out).await?;
                 return Ok(false);
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -393,10 +404,10 @@ where
                         len = len.min(usize::try_from(remaining).unwrap_or(usize::MAX));
                         remaining -= len as u64;
                     }
-                    ensure(&mut out);
+                    ensure(out);
                     let chunked = matches!(framing, Framing::Chunked(_));
                     if chunked {
-                        codec::chunk_header(&mut out, len);
+                        codec::chunk_header(out, len);
                     }
                     if len < COPY_BELOW {
                         let mut left = len;
@@ -416,7 +427,7 @@ where
                         let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
                         write_all(
                             tcp,
-                            &mut [IoSlice::new(&out), IoSlice::new(&bytes), IoSlice::new(tail)],
+                            &mut [IoSlice::new(out), IoSlice::new(&bytes), IoSlice::new(tail)],
                         )
                         .await?;
                         out.clear();
@@ -425,7 +436,7 @@ where
                         body.as_mut().finish();
                         complete = true;
                     } else if out.len() >= FLUSH_AT {
-                        flush(tcp, &mut out).await?;
+                        flush(tcp, out).await?;
                     }
                 }
                 Err(frame) => {
@@ -436,8 +447,7 @@ where
             },
         }
     }
-    flush(tcp, &mut out).await?;
-    pool::give(&mut out);
+    flush(tcp, out).await?;
     if last || matches!(framing, Framing::Close) {
         return Ok(false);
     }
