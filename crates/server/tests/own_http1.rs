@@ -123,18 +123,25 @@ async fn closed(stream: &mut TcpStream) -> bool {
     )
 }
 
+/// A connection on which one GET was answered by the own codec.
+async fn served_once(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until(&mut stream, "own 0", 1).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("content-length: 5\r\n"), "{answer}");
+    assert!(answer.contains("\r\ndate: "), "{answer}");
+    assert!(answer.ends_with("own 0"), "{answer}");
+    stream
+}
+
 #[tokio::test]
 async fn keep_alive_and_pipelined_requests_are_served_in_order() {
     let (addr, _, _stop) = serve(Duration::from_secs(5)).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let first = read_until(&mut stream, "own 0", 1).await;
-    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
-    assert!(first.contains("content-length: 5\r\n"), "{first}");
-    assert!(first.contains("\r\ndate: "), "{first}");
+    let mut stream = served_once(addr).await;
     // Three pipelined requests in one write, the last asking to close.
     stream
         .write_all(
@@ -155,12 +162,7 @@ async fn keep_alive_and_pipelined_requests_are_served_in_order() {
 #[tokio::test]
 async fn a_request_with_a_body_hands_the_connection_to_hyper() {
     let (addr, _, _stop) = serve(Duration::from_secs(5)).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_until(&mut stream, "own 0", 1).await.contains("own 0"));
+    let mut stream = served_once(addr).await;
     // The POST's head and body arrive with the GET after it: hyper reads all three.
     stream
         .write_all(
@@ -249,12 +251,7 @@ async fn a_client_leaving_a_quiet_stream_drops_its_body() {
 #[tokio::test]
 async fn a_silent_keep_alive_connection_is_closed_at_the_header_timeout() {
     let (addr, _, _stop) = serve(Duration::from_millis(300)).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_until(&mut stream, "own 0", 1).await.contains("own 0"));
+    let mut stream = served_once(addr).await;
     let started = Instant::now();
     assert!(closed(&mut stream).await, "still open after 2 s");
     let waited = started.elapsed();
@@ -268,11 +265,7 @@ async fn a_silent_keep_alive_connection_is_closed_at_the_header_timeout() {
 #[tokio::test]
 async fn shutdown_closes_an_idle_keep_alive_connection() {
     let (addr, _, stop) = serve(Duration::from_secs(5)).await;
-    let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_until(&mut idle, "own 0", 1).await.contains("own 0"));
+    let mut idle = served_once(addr).await;
     stop.send(()).unwrap();
     assert!(
         closed(&mut idle).await,
