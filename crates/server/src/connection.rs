@@ -223,7 +223,7 @@ where
                         max_header_bytes: settings.max_header_bytes,
                         header_read_timeout: settings.header_read_timeout,
                     };
-                    let conn = OwnConnection::new(tcp, service, builders, limits, deadline);
+                    let conn = own_connection(tcp, service, builders, limits, deadline);
                     return watch.drive(conn).await;
                 }
                 Err(io) => io,
@@ -260,47 +260,46 @@ struct OwnConnection<F> {
     closing: Arc<Closing>,
 }
 
-impl OwnConnection<()> {
-    #[allow(clippy::new_ret_no_self)]
-    fn new<S, B>(
-        tcp: TcpStream,
-        mut service: ConnectionService<S>,
-        builders: Arc<Builders>,
-        limits: Limits,
-        first: Instant,
-    ) -> OwnConnection<impl Future<Output = Result<(), BoxError>> + Send>
-    where
-        S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let closing = Arc::new(Closing::default());
-        let signal = closing.clone();
-        let serving = async move {
-            let ended = h1::conn::serve(tcp, &mut service, limits, &signal, first).await;
-            let Ended::Hyper { io, h2 } = ended else {
-                return Ok(());
-            };
-            let io = TokioIo::new(io);
-            let service = TowerToHyperService::new(service);
-            // Boxed: only connections handed over pay for hyper's connection state.
-            if h2 {
-                let conn = Box::pin(builders.http2.serve_connection(io, service));
-                finish_gracefully(conn, &signal).await
-            } else {
-                let conn = Box::pin(builders.http1.serve_connection(io, service).with_upgrades());
-                finish_gracefully(conn, &signal).await
-            }
+/// Serves `tcp` with the own HTTP/1.1 codec, and with hyper from the first request the codec
+/// hands over.
+fn own_connection<S, B>(
+    tcp: TcpStream,
+    mut service: ConnectionService<S>,
+    builders: Arc<Builders>,
+    limits: Limits,
+    first: Instant,
+) -> OwnConnection<impl Future<Output = Result<(), BoxError>> + Send>
+where
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let closing = Arc::new(Closing::default());
+    let signal = closing.clone();
+    let serving = async move {
+        let ended = h1::conn::serve(tcp, &mut service, limits, &signal, first).await;
+        let Ended::Hyper { io, h2 } = ended else {
+            return Ok(());
         };
-        OwnConnection {
-            serving: Box::pin(serving),
-            closing,
+        let io = TokioIo::new(io);
+        let service = TowerToHyperService::new(service);
+        // Boxed: only connections handed over pay for hyper's connection state.
+        if h2 {
+            let conn = Box::pin(builders.http2.serve_connection(io, service));
+            finish_gracefully(conn, &signal).await
+        } else {
+            let conn = Box::pin(builders.http1.serve_connection(io, service).with_upgrades());
+            finish_gracefully(conn, &signal).await
         }
+    };
+    OwnConnection {
+        serving: Box::pin(serving),
+        closing,
     }
 }
 

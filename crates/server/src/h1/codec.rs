@@ -11,12 +11,18 @@
 //! upgrades and `CONNECT`, HTTP/1.0, heads over the limits (hyper answers 431 or 414) and
 //! anything `httparse` or `http` refuses (hyper answers 400). So the codec never accepts a
 //! request hyper would refuse, and a refusal always comes from the same code as before.
+//!
+//! `Connection` and `TE` tokens are read with the project's one list parser
+//! (`kestra_edge_headers::list_contains`), which respects quoted strings and reads non-UTF-8
+//! values; hyper splits on every comma and skips non-UTF-8 values. They differ only on such
+//! values, where the codec honours a `close` hyper would miss.
 
 use bytes::Bytes;
 use http::{
     header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
     HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version,
 };
+use kestra_edge_headers::list_contains;
 use std::{
     cell::RefCell,
     mem::MaybeUninit,
@@ -173,11 +179,6 @@ fn finish(
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes())) else {
         return Parsed::Hyper;
     };
-    let mut info = RequestInfo {
-        head: method == Method::HEAD,
-        keep_alive: true,
-        trailers: false,
-    };
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
@@ -186,36 +187,26 @@ fn finish(
         let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value)) else {
             return Parsed::Hyper;
         };
-        match name {
-            // A body, an expectation or an upgrade: hyper's to serve.
-            CONTENT_LENGTH | TRANSFER_ENCODING | EXPECT | UPGRADE => return Parsed::Hyper,
-            CONNECTION => {
-                if has_token(&value, "upgrade") {
-                    return Parsed::Hyper;
-                }
-                if has_token(&value, "close") {
-                    info.keep_alive = false;
-                }
-            }
-            TE if has_token(&value, "trailers") => info.trailers = true,
-            _ => {}
+        // A body, an expectation or an upgrade: hyper's to serve.
+        if matches!(name, CONTENT_LENGTH | TRANSFER_ENCODING | EXPECT | UPGRADE) {
+            return Parsed::Hyper;
         }
         headers.append(name, value);
     }
+    if list_contains(&headers, &CONNECTION, "upgrade") {
+        return Parsed::Hyper;
+    }
+    let info = RequestInfo {
+        head: method == Method::HEAD,
+        keep_alive: !list_contains(&headers, &CONNECTION, "close"),
+        trailers: list_contains(&headers, &TE, "trailers"),
+    };
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
     Parsed::Request { request, info, len }
-}
-
-/// Whether a comma-separated header value has `token` (case-insensitive), as hyper reads
-/// `Connection` and `TE`.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// What the response body is known to be when its head is written.
@@ -336,7 +327,8 @@ fn encode_fields(
     let mut wrote_date = false;
     // A 101 ends the HTTP/1 exchange: hyper writes it and closes (no upgrade is pending on
     // a request the codec serves).
-    let mut last = !keep_alive || status == StatusCode::SWITCHING_PROTOCOLS;
+    let closes = list_contains(headers, &CONNECTION, "close");
+    let mut last = !keep_alive || closes || status == StatusCode::SWITCHING_PROTOCOLS;
     let mut trailer_names: Option<Vec<HeaderName>> = None;
     for name in headers.keys() {
         let values = headers.get_all(name);
@@ -395,32 +387,15 @@ fn encode_fields(
                 }
                 wrote_len = true;
                 framing = Framing::Chunked(None);
-                let mut last_chunked = false;
-                dst.extend_from_slice(b"transfer-encoding: ");
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        dst.extend_from_slice(b", ");
-                    }
-                    dst.extend_from_slice(value.as_bytes());
-                    last_chunked = is_chunked(value);
-                }
-                if !last_chunked {
+                joined(dst, b"transfer-encoding", &values);
+                if !values.iter().next_back().is_some_and(is_chunked) {
                     dst.extend_from_slice(b", chunked");
                 }
                 dst.extend_from_slice(b"\r\n");
             }
             CONNECTION => {
-                dst.extend_from_slice(b"connection: ");
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        dst.extend_from_slice(b", ");
-                    }
-                    dst.extend_from_slice(value.as_bytes());
-                    if has_token(value, "close") {
-                        last = true;
-                    }
-                }
-                if !keep_alive && !values.iter().any(|v| has_token(v, "close")) {
+                joined(dst, b"connection", &values);
+                if !keep_alive && !closes {
                     dst.extend_from_slice(b", close");
                 }
                 dst.extend_from_slice(b"\r\n");
@@ -429,12 +404,9 @@ fn encode_fields(
                 if !chunkable {
                     continue;
                 }
-                dst.extend_from_slice(b"trailer: ");
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        dst.extend_from_slice(b", ");
-                    }
-                    dst.extend_from_slice(value.as_bytes());
+                joined(dst, b"trailer", &values);
+                dst.extend_from_slice(b"\r\n");
+                for value in values {
                     if let Ok(list) = value.to_str() {
                         trailer_names.get_or_insert_with(Vec::new).extend(
                             list.split(',')
@@ -442,7 +414,6 @@ fn encode_fields(
                         );
                     }
                 }
-                dst.extend_from_slice(b"\r\n");
             }
             _ => {
                 if *name == DATE {
@@ -499,6 +470,18 @@ fn encode_fields(
         last = true;
     }
     Ok(Encoded { framing, last })
+}
+
+/// Writes `name: v1, v2, …` (no line end): hyper joins the lines of these fields.
+fn joined(dst: &mut Vec<u8>, name: &[u8], values: &http::header::GetAll<'_, HeaderValue>) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            dst.extend_from_slice(b", ");
+        }
+        dst.extend_from_slice(value.as_bytes());
+    }
 }
 
 fn field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -103,46 +103,51 @@ where
     let mut read: Vec<u8> = Vec::new();
     let mut scanned = 0;
     let mut served = false;
-    let deadline = pin!(sleep_until(first));
-    let mut deadline = deadline;
+    let mut deadline = pin!(sleep_until(first));
     // The service's future, boxed once and reused while requests come quickly; freed when a
     // response streams (an SSE stream keeps nothing of it).
     let mut slot: Option<Pin<Box<Option<S::Future>>>> = None;
     loop {
         // A request head.
         let (request, info, len) = loop {
-            if !read.is_empty() {
-                if !served {
-                    match codec::h2_preface(&read) {
-                        Some(true) => return hand_over(tcp, &mut read, true),
-                        None => {
-                            if !wait_for_bytes(&tcp, &mut read, &mut deadline, closing).await {
-                                return Ended::Done;
-                            }
-                            continue;
-                        }
-                        Some(false) => {}
-                    }
+            if read.is_empty() {
+                if closing.is_closing() {
+                    return Ended::Done;
                 }
-                if let Some(end) = codec::head_end(&read, scanned) {
-                    match codec::parse_head(
-                        &read[..end],
-                        limits.max_headers,
-                        limits.max_header_bytes,
-                    ) {
-                        Parsed::Request { request, info, len } => break (request, info, len),
-                        Parsed::Partial | Parsed::Hyper => {
+            } else {
+                // Only a connection's first bytes can be the HTTP/2 preface; `None`: too few
+                // to tell yet.
+                let h2 = if served {
+                    Some(false)
+                } else {
+                    codec::h2_preface(&read)
+                };
+                match h2 {
+                    Some(true) => return hand_over(tcp, &mut read, true),
+                    None => {}
+                    Some(false) => {
+                        if let Some(end) = codec::head_end(&read, scanned) {
+                            let head = &read[..end];
+                            match codec::parse_head(
+                                head,
+                                limits.max_headers,
+                                limits.max_header_bytes,
+                            ) {
+                                Parsed::Request { request, info, len } => {
+                                    break (request, info, len)
+                                }
+                                Parsed::Partial | Parsed::Hyper => {
+                                    return hand_over(tcp, &mut read, false);
+                                }
+                            }
+                        }
+                        scanned = codec::next_scan(read.len());
+                        if read.len() > limits.max_header_bytes {
+                            // hyper answers 431 (or 414).
                             return hand_over(tcp, &mut read, false);
                         }
                     }
                 }
-                scanned = codec::next_scan(read.len());
-                if read.len() > limits.max_header_bytes {
-                    // hyper answers 431 (or 414).
-                    return hand_over(tcp, &mut read, false);
-                }
-            } else if closing.is_closing() {
-                return Ended::Done;
             }
             if !wait_for_bytes(&tcp, &mut read, &mut deadline, closing).await {
                 return Ended::Done;
