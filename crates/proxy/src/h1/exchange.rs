@@ -20,7 +20,10 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::{io::AsyncWrite, net::TcpStream};
+use tokio::{
+    io::{AsyncWrite, Interest},
+    net::TcpStream,
+};
 
 /// Bytes read at a time at first. hyper's read buffer starts at the same size.
 const READ_SIZE: usize = 8 * 1024;
@@ -294,7 +297,7 @@ impl Exchange {
                             if buf.capacity() - buf.len() < READ_SIZE / 4 {
                                 buf.reserve(READ_SIZE);
                             }
-                            stream.try_read_buf(&mut buf)
+                            read_available(&stream, &mut buf)
                         }
                     };
                     let err = match read {
@@ -434,7 +437,7 @@ impl H1Body {
                 self.buf.reserve(self.read_size);
             }
             let spare = self.buf.capacity() - self.buf.len();
-            match stream.try_read_buf(&mut self.buf) {
+            match read_available(stream, &mut self.buf) {
                 // A read that filled the buffer: a large body is flowing, read more at once
                 // (as hyper's adaptive read strategy does), up to MAX_READ_SIZE.
                 Ok(n) if n == spare && self.read_size < MAX_READ_SIZE => self.read_size *= 2,
@@ -469,5 +472,58 @@ impl H1Body {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+/// Reads what the socket holds into `buf`'s spare capacity (`WouldBlock` when nothing).
+///
+/// A read that leaves room in the buffer has drained the socket, so the socket's readiness
+/// is cleared then, as tokio's own `poll_read` clears it on epoll (`PollEvented::poll_read`);
+/// `try_read_buf` alone keeps it. The pool's check of an idle connection and the wait for
+/// the next response then cost no system call, rather than a read that could only return
+/// `EAGAIN`.
+fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    let mut drained = 0;
+    let result = stream.try_io(Interest::READABLE, || match stream.try_read_buf(buf) {
+        // `WouldBlock` is how `try_io` is told to clear the readiness.
+        Ok(n) if 0 < n && n < spare => {
+            drained = n;
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
+    });
+    match result {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock && drained > 0 => Ok(drained),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::{io::AsyncWriteExt, net::TcpListener};
+
+    #[tokio::test]
+    async fn a_read_that_drains_the_socket_clears_its_readiness() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        upstream.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        stream.readable().await.unwrap();
+        assert_eq!(read_available(&stream, &mut buf).unwrap(), 17);
+        // The pool's check of an idle connection now reads nothing: readiness is clear.
+        let waited = tokio::time::timeout(Duration::from_millis(50), stream.readable()).await;
+        assert!(
+            waited.is_err(),
+            "readiness left set after a read that drained the socket"
+        );
+        // The upstream closing still wakes it.
+        drop(upstream);
+        stream.readable().await.unwrap();
+        assert_eq!(read_available(&stream, &mut buf).unwrap(), 0);
     }
 }
