@@ -38,6 +38,11 @@ pub const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 /// The header fields parsed on the stack; a server allowing more parses them on the heap.
 const STACK_HEADERS: usize = 100;
 
+/// Room in a request's header map for the fields a proxy's layers add (the forwarded
+/// headers, a request id): the map is allocated once at its final size instead of growing
+/// and rehashing in the forwarded layer (one allocation and one reallocation less).
+const ADDED_FIELDS: usize = 8;
+
 /// The result of [`parse_request`].
 #[derive(Debug)]
 // Returned by value once per request: boxing the request would cost an allocation each time.
@@ -179,7 +184,7 @@ fn finish(
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes())) else {
         return Parsed::Hyper;
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_FIELDS);
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parsed::Hyper;
