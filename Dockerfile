@@ -15,6 +15,11 @@ ARG RUST_VERSION=1.95
 # ---- build ------------------------------------------------------------------------------------
 # Debian 12 (bookworm), like the runtime image below: the binary links the same glibc.
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# make: tikv-jemalloc-sys builds jemalloc, the binary's allocator, from source (the slim image
+# has gcc but not make).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The crate registry, git checkouts and target/ live in BuildKit cache mounts, so a rebuild

@@ -12,6 +12,10 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -57,6 +61,9 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!())
 }
 
+/// The longest a run of a fixed number of requests may take.
+const REQUESTS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs `workload` against `addr` until `duration` has passed, over TLS with `tls`.
 pub(crate) async fn run(
     addr: SocketAddr,
@@ -64,11 +71,62 @@ pub(crate) async fn run(
     duration: Duration,
     tls: Option<&TlsClient>,
 ) -> Load {
+    let until = Until {
+        deadline: Instant::now() + duration,
+        budget: None,
+    };
+    run_until(addr, workload, until, tls).await
+}
+
+/// Runs `workload` against `addr` (plain TCP) until its clients have sent `requests`, or
+/// [`REQUESTS_TIMEOUT`] has passed.
+pub(crate) async fn run_requests(addr: SocketAddr, workload: Workload, requests: u64) -> Load {
+    let until = Until {
+        deadline: Instant::now() + REQUESTS_TIMEOUT,
+        budget: Some(Arc::new(AtomicU64::new(requests))),
+    };
+    run_until(addr, workload, until, None).await
+}
+
+/// When the clients of one run stop.
+#[derive(Debug, Clone)]
+struct Until {
+    deadline: Instant,
+    /// The requests still to send, shared by the clients; without it, as many as the time
+    /// allows.
+    budget: Option<Arc<AtomicU64>>,
+}
+
+impl Until {
+    /// Whether the run goes on.
+    fn open(&self) -> bool {
+        Instant::now() < self.deadline
+            && self
+                .budget
+                .as_ref()
+                .is_none_or(|left| left.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Whether the run goes on, taking one request from the budget if so.
+    fn take(&self) -> bool {
+        Instant::now() < self.deadline
+            && self.budget.as_ref().is_none_or(|left| {
+                left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            })
+    }
+}
+
+async fn run_until(
+    addr: SocketAddr,
+    workload: Workload,
+    until: Until,
+    tls: Option<&TlsClient>,
+) -> Load {
     let started = Instant::now();
-    let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workload.connections {
-        tasks.spawn(client(addr, workload, deadline, tls.cloned()));
+        tasks.spawn(client(addr, workload, until.clone(), tls.cloned()));
     }
     let mut total = Load {
         requests: 0,
@@ -92,11 +150,11 @@ pub(crate) async fn run(
     total
 }
 
-/// One client: connects, sends requests until `deadline`, reconnects after an error.
+/// One client: connects, sends requests `until` the run ends, reconnects after an error.
 async fn client(
     addr: SocketAddr,
     workload: Workload,
-    deadline: Instant,
+    until: Until,
     tls: Option<TlsClient>,
 ) -> Load {
     let mut load = Load {
@@ -106,7 +164,7 @@ async fn client(
         elapsed: Duration::ZERO,
         latency: new_histogram(),
     };
-    'connect: while Instant::now() < deadline {
+    'connect: while until.open() {
         let start = Instant::now();
         let connected = tokio::time::timeout(REQUEST_TIMEOUT, connect(addr, tls.as_ref())).await;
         let Ok(Some(mut sender)) = connected else {
@@ -115,7 +173,7 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        while Instant::now() < deadline {
+        while until.take() {
             // Churn counts the connect in each request's latency.
             let start = if workload.kind == Kind::Churn {
                 start

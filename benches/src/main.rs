@@ -13,11 +13,18 @@
 //! and full TLS handshakes, with direct access over plain TCP as the reference.
 //!
 //! Every server runs in a process of its own (the upstreams and the gateway are this binary
-//! in a serving mode; the gateway is the `kestra-edge` binary's own [`Gateway`]), so the load
-//! generator in this process competes with them only for CPU. Everything binds to 127.0.0.1;
-//! every measurement is bounded by `--duration` plus fixed timeouts.
+//! in a serving mode; the gateway is the `kestra-edge` binary's own
+//! [`Gateway`](kestra_edge_gateway::Gateway)), so the load generator in this process competes
+//! with them only for CPU. Everything binds to 127.0.0.1; every measurement is bounded by
+//! `--duration` plus fixed timeouts.
+//!
+//! The small-GET rows of kestra-edge (and of `kestra-edge-before`) also give the heap
+//! allocations per request of the gateway's whole process (hyper and tokio included), from
+//! a short run of its own on `kestra-edge-bench-counting` after the main rounds (`--help`
+//! says how).
 #![allow(clippy::print_stdout)]
 
+mod allocs;
 mod balance;
 mod caddy;
 mod h2load;
@@ -31,16 +38,10 @@ mod telemetry;
 mod tls;
 mod ws;
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use kestra_edge::server::IncomingBody;
-use kestra_edge::server::Server;
-use kestra_edge_gateway::{Gateway, GatewayConfig};
+use kestra_edge_bench::serve::{self, GatewayArgs, Serve};
 use report::{HttpRow, Report, SseRow, WsRow};
 use std::{
-    convert::Infallible,
-    io::Write,
     net::SocketAddr,
     num::NonZeroUsize,
     path::{Path, PathBuf},
@@ -48,9 +49,16 @@ use std::{
 };
 use targets::{BoxError, NginxConfig, NginxTls, Sizing, Target};
 
+/// The `kestra-edge` binary's allocator (examples/gateway/src/main.rs), so that the gateway
+/// measured here (`serve-gateway`) runs as the shipped one does. Its settings come from
+/// `.cargo/config.toml`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
-    about = "Load harness: direct access, kestra-edge, nginx, HAProxy and Caddy, side by side"
+    about = "Load harness: direct access, kestra-edge, nginx, HAProxy and Caddy, side by side",
+    after_help = allocs::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -129,29 +137,7 @@ enum Mode {
     ServeUpstream,
     /// Serve the kestra-edge gateway (context path /kestra, kept) in front of `--upstream`
     /// and print `listening ADDR`.
-    ServeGateway {
-        /// Repeatable: several replicas are balanced.
-        #[arg(long, required = true)]
-        upstream: Vec<String>,
-        /// Serving threads [default: the gateway's, one per core].
-        #[arg(long)]
-        workers: Option<NonZeroUsize>,
-        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The private key of --tls-cert.
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Serve the metrics on an admin listener (127.0.0.1:0), so the layer counts.
-        #[arg(long)]
-        admin: bool,
-        /// Write the access log (text) to this file.
-        #[arg(long)]
-        access_log: Option<PathBuf>,
-        /// Give every request an X-Request-Id.
-        #[arg(long)]
-        request_id: bool,
-    },
+    ServeGateway(GatewayArgs),
     /// Serve the Kestra stand-in (SSE follow streams, WebSocket echo) and print
     /// `listening ADDR`.
     ServeStandin,
@@ -167,32 +153,13 @@ enum Mode {
     },
 }
 
-/// The body of the 1 MiB GET workload.
-const LARGE: usize = 1 << 20;
-
 fn main() -> Result<(), BoxError> {
     let cli = Cli::parse();
+    // The children stop at any line on stdin: they answer none.
     match cli.mode {
-        Some(Mode::ServeUpstream) => serve(Serve::Minimal),
-        Some(Mode::ServeGateway {
-            upstream,
-            workers,
-            tls_cert,
-            tls_key,
-            admin,
-            access_log,
-            request_id,
-        }) => serve(Serve::Gateway {
-            upstream,
-            workers,
-            tls: tls_cert.zip(tls_key),
-            telemetry: Telemetry {
-                admin,
-                access_log,
-                request_id,
-            },
-        }),
-        Some(Mode::ServeStandin) => serve(Serve::Standin),
+        Some(Mode::ServeUpstream) => serve::run(Serve::Minimal, |_| None),
+        Some(Mode::ServeGateway(args)) => serve::run(Serve::Gateway(args), |_| None),
+        Some(Mode::ServeStandin) => serve::run(Serve::Standin, |_| None),
         Some(Mode::Soak { length, sample }) => {
             if soak::run(length, sample)? {
                 Ok(())
@@ -204,123 +171,13 @@ fn main() -> Result<(), BoxError> {
     }
 }
 
-/// What a child process serves.
-enum Serve {
-    Minimal,
-    Standin,
-    /// The gateway in front of `upstream` on `workers` threads, over TLS with `(cert, key)`
-    /// files.
-    Gateway {
-        upstream: Vec<String>,
-        workers: Option<NonZeroUsize>,
-        tls: Option<(PathBuf, PathBuf)>,
-        telemetry: Telemetry,
-    },
-}
-
-/// What the gateway child counts and logs (nothing by default).
-struct Telemetry {
-    admin: bool,
-    access_log: Option<PathBuf>,
-    request_id: bool,
-}
-
-/// Child mode: serve on 127.0.0.1:0 until stdin closes.
-fn serve(what: Serve) -> Result<(), BoxError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let stdin_closed = async {
-            // The parent holds our stdin; when it exits or drops it, we stop.
-            let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
-                .await;
-        };
-        match what {
-            Serve::Standin => {
-                let standin = kestra_edge_standin::Standin::start(Default::default()).await?;
-                announce(standin.addr());
-                stdin_closed.await;
-                drop(standin);
-            }
-            Serve::Gateway {
-                upstream,
-                workers,
-                tls,
-                telemetry,
-            } => {
-                let mut upstream = upstream.into_iter();
-                let mut config = GatewayConfig::for_upstream(upstream.next().unwrap_or_default());
-                config.upstream.more = upstream.collect();
-                config.listener.shutdown_grace = Duration::ZERO;
-                // The SSE group opens thousands of streams from one loopback client.
-                config.streams.sse_max_streams_per_client = 0;
-                if let Some(workers) = workers {
-                    config.listener.workers = workers;
-                }
-                // The seed block's `location /kestra`, prefix kept.
-                config.prefix.context_path = Some("/kestra".to_owned());
-                let wants_tls = tls.is_some();
-                if let Some((cert, key)) = tls {
-                    config.tls.cert_file = Some(cert);
-                    config.tls.key_file = Some(key);
-                }
-                if telemetry.admin {
-                    config.telemetry.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-                }
-                config.telemetry.request_id = telemetry.request_id;
-                let log = match &telemetry.access_log {
-                    Some(path) => Some(kestra_edge_telemetry::AccessLog::to_writer(
-                        kestra_edge_telemetry::AccessLogFormat::Text,
-                        std::fs::File::create(path)?,
-                        kestra_edge_telemetry::DEFAULT_BUFFERED_BYTES,
-                    )),
-                    None => None,
-                };
-                let gateway = Gateway::bind_with_log(config, log).await?;
-                if wants_tls != (gateway.scheme() == "https") {
-                    return Err(format!("gateway serves {}", gateway.scheme()).into());
-                }
-                announce(gateway.local_addr()?);
-                gateway.serve(stdin_closed).await?;
-            }
-            Serve::Minimal => {
-                let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-                    .await?
-                    .shutdown_grace(Duration::ZERO);
-                announce(server.local_addr()?);
-                let large = Bytes::from(vec![b'x'; LARGE]);
-                let service = tower::service_fn(move |req: http::Request<IncomingBody>| {
-                    let large = large.clone();
-                    async move {
-                        let body = if req.uri().path().ends_with("/large") {
-                            large
-                        } else {
-                            Bytes::from_static(b"ok")
-                        };
-                        // Uploads are read to the end and dropped, frame by frame.
-                        let mut upload = req.into_body();
-                        while let Some(Ok(_)) = upload.frame().await {}
-                        Ok::<_, Infallible>(http::Response::new(Full::new(body)))
-                    }
-                });
-                server.serve(service, stdin_closed).await?;
-            }
-        }
-        Ok::<_, BoxError>(())
-    })
-}
-
-fn announce(addr: SocketAddr) {
-    println!("listening {addr}");
-    let _ = std::io::stdout().flush();
-}
-
-/// An HTTP workload, and whether the peer proxies (HAProxy, Caddy) are measured on it too.
+/// An HTTP workload, whether the peer proxies (HAProxy, Caddy) are measured on it too, and
+/// whether the gateways' allocations per request are counted on it.
 #[derive(Debug, Clone, Copy)]
 struct HttpCase {
     workload: load::Workload,
     peers: bool,
+    allocs: bool,
 }
 
 const HTTP_CASES: [HttpCase; 7] = [
@@ -332,6 +189,7 @@ const HTTP_CASES: [HttpCase; 7] = [
             kind: load::Kind::KeepAlive,
         },
         peers: false,
+        allocs: true,
     },
     HttpCase {
         workload: load::Workload {
@@ -341,6 +199,7 @@ const HTTP_CASES: [HttpCase; 7] = [
             kind: load::Kind::KeepAlive,
         },
         peers: true,
+        allocs: true,
     },
     HttpCase {
         workload: load::Workload {
@@ -350,6 +209,7 @@ const HTTP_CASES: [HttpCase; 7] = [
             kind: load::Kind::KeepAlive,
         },
         peers: true,
+        allocs: true,
     },
     HttpCase {
         workload: load::Workload {
@@ -359,6 +219,7 @@ const HTTP_CASES: [HttpCase; 7] = [
             kind: load::Kind::KeepAlive,
         },
         peers: true,
+        allocs: false,
     },
     HttpCase {
         workload: load::Workload {
@@ -368,6 +229,7 @@ const HTTP_CASES: [HttpCase; 7] = [
             kind: load::Kind::KeepAlive,
         },
         peers: true,
+        allocs: false,
     },
     HttpCase {
         workload: load::Workload {
@@ -377,6 +239,7 @@ const HTTP_CASES: [HttpCase; 7] = [
             kind: load::Kind::Upload { bytes: 100 << 20 },
         },
         peers: false,
+        allocs: false,
     },
     HttpCase {
         workload: load::Workload {
@@ -386,6 +249,7 @@ const HTTP_CASES: [HttpCase; 7] = [
             kind: load::Kind::Churn,
         },
         peers: false,
+        allocs: false,
     },
 ];
 
@@ -571,12 +435,14 @@ fn http_workloads(
     report: &mut Report,
 ) -> Result<(), BoxError> {
     let upstream = Target::spawn_self("direct", &["serve-upstream"])?;
-    let (proxies_http, peers) = proxies.start(upstream.addr)?;
+    let upstream_addr = upstream.addr;
+    let (proxies_http, peers) = proxies.start(upstream_addr)?;
     let mut targets = vec![upstream];
     targets.extend(proxies_http);
     for HttpCase {
         workload,
         peers: with_peers,
+        ..
     } in HTTP_CASES
     {
         let peers = peers.iter().filter(|_| with_peers);
@@ -584,6 +450,13 @@ fn http_workloads(
         let best = best_of_rounds(cli, runtime, &order, workload, report);
         report.http.extend(best.into_iter().flatten());
     }
+    // After the main rounds, so that none of them ran beside the counting gateway.
+    let counted: Vec<load::Workload> = HTTP_CASES
+        .iter()
+        .filter(|case| case.allocs)
+        .map(|case| case.workload)
+        .collect();
+    allocs::run(runtime, proxies, upstream_addr, &counted, report);
     Ok(())
 }
 

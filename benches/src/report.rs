@@ -1,7 +1,7 @@
 //! The results: rows, markdown tables, the targets of issue 7 and of the TLS rows checked,
 //! and JSON.
 
-use crate::{load, sse::SseRun, ws::WsRun};
+use crate::{allocs::Allocations, load, sse::SseRun, ws::WsRun};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ pub(crate) struct HttpRow {
     proxy_cpu_us_per_request: Option<f64>,
     /// The load generator's CPU use, in cores.
     generator_cores: f64,
+    /// Heap allocations of the gateway's process per request, from a separate run of its
+    /// counting build (kestra-edge's small GETs only).
+    allocations: Option<Allocations>,
 }
 
 impl HttpRow {
@@ -54,6 +57,7 @@ impl HttpRow {
                 .filter(|_| load.requests > 0)
                 .map(|cpu| cpu.as_secs_f64() * 1e6 / load.requests as f64),
             generator_cores,
+            allocations: None,
         }
     }
 
@@ -208,6 +212,8 @@ pub(crate) struct Report {
     pub(crate) tls: Vec<HttpRow>,
     pub(crate) sse: Vec<SseRow>,
     pub(crate) ws: Vec<WsRow>,
+    /// Why a gateway has no allocations per request, or why they may be off.
+    allocation_notes: Vec<String>,
     checks: Vec<Check>,
 }
 
@@ -231,6 +237,7 @@ impl Report {
             tls: Vec::new(),
             sse: Vec::new(),
             ws: Vec::new(),
+            allocation_notes: Vec::new(),
             checks: Vec::new(),
         }
     }
@@ -257,6 +264,28 @@ impl Report {
         if let Some(proxy) = self.proxies.iter_mut().find(|p| p.name == name) {
             proxy.os_threads = proxy.os_threads.max(threads);
         }
+    }
+
+    /// Adds the allocations per request that `target` made on `workload` to its HTTP row.
+    pub(crate) fn set_allocations(
+        &mut self,
+        workload: load::Workload,
+        target: &str,
+        allocations: Allocations,
+    ) {
+        let row = self.http.iter_mut().find(|r| {
+            r.workload == workload.name
+                && r.connections == workload.connections
+                && r.target == target
+        });
+        if let Some(row) = row {
+            row.allocations = Some(allocations);
+        }
+    }
+
+    /// Says, under the HTTP table, why allocations per request are missing or doubtful.
+    pub(crate) fn note_allocations(&mut self, note: String) {
+        self.allocation_notes.push(note);
     }
 
     fn http_row(&self, workload: &str, connections: usize, target: &str) -> Option<&HttpRow> {
@@ -385,18 +414,36 @@ impl Report {
         self.checks = checks;
     }
 
-    /// One markdown table of HTTP rows, with each row's ratio to `direct` and to `base`.
-    fn print_http(rows: &[HttpRow], direct: &str, base: &str) {
-        println!("| workload | conns | target | req/s | MiB/s | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | generator cores | vs {direct} | vs {base} |");
-        println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    /// One markdown table of HTTP rows, with each row's ratio to `direct` and to `base`,
+    /// and with `allocations`, the allocations per request.
+    fn print_http(rows: &[HttpRow], direct: &str, base: &str, allocations: bool) {
+        let (allocs_head, allocs_align) = if allocations {
+            (" allocs/req | alloc bytes/req |", "---:|---:|")
+        } else {
+            ("", "")
+        };
+        println!("| workload | conns | target | req/s | MiB/s | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req |{allocs_head} generator cores | vs {direct} | vs {base} |");
+        println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|{allocs_align}---:|---:|---:|");
         for row in rows {
+            let allocs = if allocations {
+                let figure = |f: fn(&Allocations) -> String| {
+                    row.allocations.as_ref().map_or_else(|| "-".to_owned(), f)
+                };
+                format!(
+                    " {} | {} |",
+                    figure(|a| format!("{:.1}", a.per_request)),
+                    figure(|a| format!("{:.0}", a.bytes_per_request)),
+                )
+            } else {
+                String::new()
+            };
             let per = |target| {
                 find_http(rows, &row.workload, row.connections, target)
                     .map(|b| ratio(row.requests_per_sec, b.requests_per_sec))
                     .unwrap_or_else(|| "-".to_owned())
             };
             println!(
-                "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} |{allocs} {:.2} | {} | {} |",
                 row.workload,
                 row.connections,
                 row.target,
@@ -421,10 +468,14 @@ impl Report {
         self.load_average_end = load_average();
         self.print_header();
         if !self.http.is_empty() {
-            Self::print_http(&self.http, "direct", NGINX_KEEPALIVE);
+            Self::print_http(&self.http, "direct", NGINX_KEEPALIVE, true);
+            for note in &self.allocation_notes {
+                println!("{note}");
+                println!();
+            }
         }
         if !self.tls.is_empty() {
-            Self::print_http(&self.tls, DIRECT_PLAIN, NGINX_TLS);
+            Self::print_http(&self.tls, DIRECT_PLAIN, NGINX_TLS, false);
         }
         if !self.sse.is_empty() {
             self.print_sse();

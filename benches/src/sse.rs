@@ -24,8 +24,11 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// together with the others.
 const OPEN_RATE: f64 = 2000.0;
 
-/// How long after the last stream closed the proxy's memory is read again.
-const CLOSE_SETTLE: Duration = Duration::from_secs(1);
+/// How long after the last stream closed the proxy's memory is read again, the same for
+/// every proxy: long enough for an allocator that gives freed pages back on a timer (the
+/// `kestra-edge` binary's jemalloc purges them over about a second, `dirty_decay_ms:1000`)
+/// to have done so.
+const CLOSE_SETTLE: Duration = Duration::from_secs(3);
 
 /// What one SSE run measured.
 #[derive(Debug)]

@@ -3,16 +3,16 @@
 //! threads read from `/proc`.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener},
     num::NonZeroUsize,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use kestra_edge_bench::BoxError;
 
 /// A server process (and, for nginx, its workers); stopped when dropped.
 #[derive(Debug)]
@@ -20,6 +20,8 @@ pub(crate) struct Target {
     pub(crate) name: &'static str,
     pub(crate) addr: SocketAddr,
     child: Option<Child>,
+    /// The rest of a kestra-edge-bench child's stdout, after its `listening ADDR`.
+    stdout: Option<BufReader<ChildStdout>>,
     /// The directory of a server started from a config file (nginx, HAProxy, Caddy).
     dir: Option<PathBuf>,
     stop: Stop,
@@ -64,9 +66,9 @@ impl Target {
             .stdout(Stdio::piped())
             .env("RUST_LOG", "warn")
             .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        stdout.read_line(&mut line)?;
         let addr = line
             .trim()
             .strip_prefix("listening ")
@@ -76,9 +78,26 @@ impl Target {
             name,
             addr,
             child: Some(child),
+            stdout: Some(stdout),
             dir: None,
             stop: Stop::Kill,
         })
+    }
+
+    /// Writes `command` to a kestra-edge-bench child's stdin, one line, and returns the line
+    /// it answers on stdout.
+    pub(crate) fn ask(&mut self, command: &str) -> Result<String, BoxError> {
+        let stdin = self.child.as_mut().and_then(|child| child.stdin.as_mut());
+        let (Some(stdin), Some(stdout)) = (stdin, self.stdout.as_mut()) else {
+            return Err(format!("{} takes no commands", self.name).into());
+        };
+        writeln!(stdin, "{command}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        if stdout.read_line(&mut line)? == 0 {
+            return Err(format!("{} exited instead of answering {command:?}", self.name).into());
+        }
+        Ok(line.trim_end().to_owned())
     }
 
     /// Starts `nginx` in front of `upstream` with `config` and waits until it accepts.
@@ -217,6 +236,7 @@ impl ConfigDir {
             name: self.name,
             addr,
             child: Some(child),
+            stdout: None,
             dir: Some(self.dir),
             stop,
         };
