@@ -10,6 +10,7 @@ use crate::{
     transport::{Protocol, TlsConnection, Transport},
     LocalAddr, PeerAddr, Settings,
 };
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{
@@ -421,6 +422,15 @@ struct Watch {
     peer: SocketAddr,
 }
 
+/// What woke a watched connection, other than the connection itself.
+enum Signal {
+    Abuse,
+    AbuseGraceOver,
+    FirstDeadline,
+    Shutdown,
+    IdleCheck,
+}
+
 impl Watch {
     /// Runs `conn` to its end; true when it ended on a request head over the limits.
     async fn drive<C: GracefulConnection>(mut self, conn: C) -> bool {
@@ -440,10 +450,29 @@ impl Watch {
         let abuse_deadline = sleep(Duration::MAX / 2);
         tokio::pin!(abuse_deadline);
         let mut abusive = false;
+        // The signals are polled only when one of them woke the task, not on each of the
+        // connection's own wake-ups (several per request).
+        let woken = Arc::new(Woken::default());
         let ended = loop {
-            tokio::select! {
-                ended = &mut conn => break ended,
-                () = self.state.abuse.notified(), if !abusive => {
+            let signal = {
+                let signals = std::pin::pin!(async {
+                    tokio::select! {
+                        () = self.state.abuse.notified(), if !abusive => Signal::Abuse,
+                        () = &mut abuse_deadline, if abusive => Signal::AbuseGraceOver,
+                        () = &mut first, if waiting_first => Signal::FirstDeadline,
+                        _ = self.shutdown.changed(), if !closing => Signal::Shutdown,
+                        () = &mut next_check, if check.is_some() && !closing => Signal::IdleCheck,
+                        else => std::future::pending().await,
+                    }
+                });
+                tokio::select! {
+                    biased;
+                    ended = &mut conn => break ended,
+                    signal = OnlyWhenWoken::new(&woken, signals) => signal,
+                }
+            };
+            match signal {
+                Signal::Abuse => {
                     tracing::warn!(
                         %peer,
                         requests = self.state.requests.load(Ordering::Relaxed),
@@ -457,22 +486,22 @@ impl Watch {
                     }
                     abuse_deadline.as_mut().reset(Instant::now() + ABUSE_GRACE);
                 }
-                () = &mut abuse_deadline, if abusive => {
+                Signal::AbuseGraceOver => {
                     tracing::debug!(%peer, "abusive connection cut");
                     return false;
                 }
-                () = &mut first, if waiting_first => {
+                Signal::FirstDeadline => {
                     waiting_first = false;
                     if self.state.requests.load(Ordering::Relaxed) == 0 {
                         tracing::debug!(%peer, "no request within the header timeout: closed");
                         return false;
                     }
                 }
-                _ = self.shutdown.changed(), if !closing => {
+                Signal::Shutdown => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = &mut next_check, if check.is_some() && !closing => {
+                Signal::IdleCheck => {
                     let requests = self.state.requests.load(Ordering::Relaxed);
                     if self.state.active.load(Ordering::Relaxed) == 0 && requests == seen {
                         quiet += 1;
@@ -495,6 +524,62 @@ impl Watch {
             return C::head_too_large(&err);
         }
         false
+    }
+}
+
+/// Whether a future's own wakers fired since it was last polled, and the task to wake when
+/// they do.
+#[derive(Debug)]
+struct Woken {
+    since_poll: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for Woken {
+    fn default() -> Self {
+        Self {
+            // A new future is polled once, to register its wakers.
+            since_poll: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.since_poll.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Polls `future` only when its own wakers fired (and once at first), with a waker of its
+/// own: the task's other wake-ups skip it, as `FuturesUnordered` skips its quiet futures.
+struct OnlyWhenWoken<'a, F> {
+    woken: &'a Arc<Woken>,
+    future: Pin<&'a mut F>,
+}
+
+impl<'a, F: Future> OnlyWhenWoken<'a, F> {
+    fn new(woken: &'a Arc<Woken>, future: Pin<&'a mut F>) -> Self {
+        woken.since_poll.store(true, Ordering::Release);
+        Self { woken, future }
+    }
+}
+
+impl<F: Future> Future for OnlyWhenWoken<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.woken.task.register(cx.waker());
+        if !self.woken.since_poll.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(Arc::clone(self.woken));
+        self.future.as_mut().poll(&mut Context::from_waker(&waker))
     }
 }
 

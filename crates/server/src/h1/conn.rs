@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{body::IncomingBody, connection::ActiveBody};
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::Body;
 use std::{
@@ -29,8 +30,7 @@ use std::{
 use tokio::{
     io::{AsyncWrite, Interest},
     net::TcpStream,
-    sync::Notify,
-    time::{sleep_until, Instant},
+    time::{sleep_until, Instant, Sleep},
 };
 use tower::Service;
 
@@ -50,25 +50,75 @@ pub(crate) struct Limits {
 }
 
 /// Asks a connection to finish: an idle one closes at once, a busy one after its response.
+///
+/// One task waits on it (the connection's), so one waker slot is enough: polling it costs
+/// a flag load and, while waiting, a waker comparison, where tokio's `Notify` takes a lock
+/// for every poll and on every drop.
 #[derive(Debug, Default)]
 pub(crate) struct Closing {
     flag: AtomicBool,
-    notify: Notify,
+    waker: AtomicWaker,
 }
 
 impl Closing {
     pub(crate) fn close(&self) {
-        self.flag.store(true, Ordering::Relaxed);
-        self.notify.notify_one();
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     pub(crate) fn is_closing(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Acquire)
     }
 
+    /// Resolves once [`close`](Self::close) was called; one waiter at a time.
     pub(crate) async fn closed(&self) {
-        while !self.is_closing() {
-            self.notify.notified().await;
+        poll_fn(|cx| {
+            if self.is_closing() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A close between the load and the registration woke no one: look again.
+            if self.is_closing() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// The header timeout's timer, moved lazily. Each request only records its new deadline;
+/// the timer is moved there when the earlier deadline fires. tokio re-registers a timer on
+/// every reset, which a busy keep-alive connection would otherwise pay once per request.
+struct Deadline<'a> {
+    sleep: Pin<&'a mut Sleep>,
+    due: Instant,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(sleep: Pin<&'a mut Sleep>) -> Self {
+        let due = sleep.deadline();
+        Self { sleep, due }
+    }
+
+    /// From now on the deadline is `due`.
+    fn set(&mut self, due: Instant) {
+        self.due = due;
+        if due < self.sleep.deadline() {
+            self.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// Resolves when the deadline passes.
+    async fn passed(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if self.sleep.deadline() >= self.due {
+                return;
+            }
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
         }
     }
 }
@@ -103,7 +153,8 @@ where
     let mut read: Vec<u8> = Vec::new();
     let mut scanned = 0;
     let mut served = false;
-    let mut deadline = pin!(sleep_until(first));
+    let timer = pin!(sleep_until(first));
+    let mut deadline = Deadline::new(timer);
     // The service's future, boxed once and reused while requests come quickly; freed when a
     // response streams (an SSE stream keeps nothing of it).
     let mut slot: Option<Pin<Box<Option<S::Future>>>> = None;
@@ -233,7 +284,7 @@ where
                 return Ended::Done;
             }
         }
-        deadline.as_mut().reset(after(limits.header_read_timeout));
+        deadline.set(after(limits.header_read_timeout));
     }
 }
 
@@ -249,19 +300,19 @@ fn after(timeout: Duration) -> Instant {
 async fn wait_for_bytes(
     tcp: &TcpStream,
     read: &mut Vec<u8>,
-    deadline: &mut Pin<&mut tokio::time::Sleep>,
+    deadline: &mut Deadline<'_>,
     closing: &Closing,
 ) -> bool {
     loop {
         let idle = read.is_empty();
         tokio::select! {
             biased;
-            ready = tcp.readable() => {
+            ready = poll_fn(|cx| tcp.poll_read_ready(cx)) => {
                 if ready.is_err() {
                     return false;
                 }
             }
-            () = deadline.as_mut() => {
+            () = deadline.passed() => {
                 tracing::debug!("no request head within the header timeout: closed");
                 return false;
             }
@@ -289,7 +340,7 @@ async fn client_gone(tcp: &TcpStream, read: &mut Vec<u8>, limit: usize) {
         if read.len() >= limit {
             return std::future::pending().await;
         }
-        if tcp.readable().await.is_err() {
+        if poll_fn(|cx| tcp.poll_read_ready(cx)).await.is_err() {
             return;
         }
         if read.capacity() == 0 {
@@ -522,7 +573,9 @@ async fn write_all(tcp: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<
         match tcp.try_write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                poll_fn(|cx| tcp.poll_write_ready(cx)).await?;
+            }
             Err(err) => return Err(err),
         }
     }
@@ -555,7 +608,8 @@ mod tests {
         let closing = Closing::default();
         let (server, _client) = stale_readable().await;
         let mut read = Vec::new();
-        let mut deadline = pin!(sleep_until(Instant::now() + Duration::from_millis(50)));
+        let timer = pin!(sleep_until(Instant::now() + Duration::from_millis(50)));
+        let mut deadline = Deadline::new(timer);
         // The header timeout ends the wait: nothing ever came.
         assert!(!wait_for_bytes(&server, &mut read, &mut deadline, &closing).await);
         assert_eq!(read.capacity(), 0, "the buffer waited with the connection");
@@ -586,5 +640,44 @@ mod tests {
         client.write_all(b" /").await.unwrap();
         server.readable().await.unwrap();
         assert_eq!(read_available(&server, &mut read).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_moved_later_passes_at_the_later_time_only() {
+        let start = Instant::now();
+        let timer = pin!(sleep_until(start + Duration::from_millis(20)));
+        let mut deadline = Deadline::new(timer);
+        deadline.set(start + Duration::from_millis(80));
+        deadline.passed().await;
+        assert!(
+            Instant::now() >= start + Duration::from_millis(80),
+            "passed too early"
+        );
+
+        // Moved earlier than the timer: the timer follows at once.
+        let timer = pin!(sleep_until(start + Duration::from_secs(60)));
+        let mut deadline = Deadline::new(timer);
+        deadline.set(Instant::now() + Duration::from_millis(10));
+        let passed = tokio::time::timeout(Duration::from_secs(5), deadline.passed()).await;
+        assert!(passed.is_ok(), "the earlier deadline did not pass");
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_the_connection_waiting_on_it() {
+        let closing = std::sync::Arc::new(Closing::default());
+        let waiter = tokio::spawn({
+            let closing = closing.clone();
+            async move { closing.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "closed before close()");
+        closing.close();
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert!(
+            matches!(woken, Ok(Ok(()))),
+            "close() did not wake the waiter"
+        );
+        // Once closed, it stays closed.
+        closing.closed().await;
     }
 }
