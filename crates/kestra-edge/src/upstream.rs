@@ -61,7 +61,7 @@ where
             },
             Self::Balanced(balance) => UpstreamFuture {
                 kind: FutureKind::Balanced {
-                    future: balance.call(req),
+                    future: Box::pin(balance.call(req)),
                 },
             },
         }
@@ -82,7 +82,9 @@ pin_project! {
     #[derive(Debug)]
     enum FutureKind<B> {
         Single { #[pin] future: kestra_edge_proxy::ResponseFuture },
-        Balanced { #[pin] future: kestra_edge_balance::ResponseFuture<B> },
+        // Boxed: the balancer's future carries the request's parts for a retry, nearly twice
+        // the proxy's, and every layer above would carry (and move) that size on each request.
+        Balanced { future: Pin<Box<kestra_edge_balance::ResponseFuture<B>>> },
     }
 }
 
@@ -103,7 +105,7 @@ where
                 })
             }
             FutureKindProj::Balanced { future } => {
-                ready!(future.poll(cx))?.map(|body| UpstreamBody {
+                ready!(future.as_mut().poll(cx))?.map(|body| UpstreamBody {
                     kind: BodyKind::Balanced { body },
                 })
             }

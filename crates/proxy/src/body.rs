@@ -203,10 +203,10 @@ pin_project! {
         Upstream {
             #[pin]
             body: UpstreamBody,
-            // One timer for the whole body, re-armed only when it fires: frames that are ready
-            // cost no clock read and no timer work.
-            #[pin]
-            sleep: Sleep,
+            // One timer for the whole body, made at the first wait on the upstream and re-armed
+            // only when it fires: frames that are ready cost no clock read and no timer work,
+            // and a body that never waits (a small response read with its head) has none.
+            sleep: Option<Pin<Box<Sleep>>>,
             // When the proxy began waiting on the upstream; `None` while frames flow. A client
             // that stops reading is backpressure, not upstream silence, so it never counts.
             waiting_since: Option<Instant>,
@@ -278,12 +278,10 @@ impl From<H1Body> for UpstreamBody {
 
 impl ProxyBody {
     pub(crate) fn upstream(body: UpstreamBody, read_timeout: Option<Duration>) -> Self {
-        // Never polled without a read timeout, so its deadline does not matter then.
-        let first_deadline = Instant::now() + read_timeout.unwrap_or_default();
         Self {
             kind: Kind::Upstream {
                 body,
-                sleep: tokio::time::sleep_until(first_deadline),
+                sleep: None,
                 waiting_since: None,
                 read_timeout,
             },
@@ -319,7 +317,7 @@ impl Body for ProxyBody {
         match self.project().kind.project() {
             KindProj::Upstream {
                 body,
-                mut sleep,
+                sleep,
                 waiting_since,
                 read_timeout,
             } => {
@@ -331,6 +329,9 @@ impl Body for ProxyBody {
                     return Poll::Pending;
                 };
                 let since = *waiting_since.get_or_insert_with(Instant::now);
+                let sleep = sleep.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(since + read_timeout))
+                });
                 loop {
                     ready!(sleep.as_mut().poll(cx));
                     // The timer may be from an earlier wait: re-arm it for this one.

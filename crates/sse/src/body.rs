@@ -37,9 +37,10 @@ pin_project! {
             #[pin]
             inner: B,
         },
+        // Boxed: an event stream's guard (its timer, clocks and boundary) is as large as the
+        // body it wraps; inline, every response would carry and move it.
         Guarded {
-            #[pin]
-            stream: GuardedStream<B>,
+            stream: Pin<Box<GuardedStream<B>>>,
         },
         // The layer's own short answer (a stream refused over a cap).
         Message {
@@ -58,7 +59,9 @@ impl<B> SseBody<B> {
 
     pub(crate) fn guarded(stream: GuardedStream<B>) -> Self {
         Self {
-            kind: Kind::Guarded { stream },
+            kind: Kind::Guarded {
+                stream: Box::pin(stream),
+            },
             slot: None,
         }
     }
@@ -98,7 +101,7 @@ where
         let this = self.project();
         let frame = ready!(match this.kind.project() {
             KindProj::Plain { inner } => inner.poll_frame(cx),
-            KindProj::Guarded { stream } => stream.poll_frame(cx),
+            KindProj::Guarded { stream } => stream.as_mut().poll_frame(cx),
             KindProj::Message { text } => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
         });
         // Ended, by the upstream or with an error: the slot is free now, not when the

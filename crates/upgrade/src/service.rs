@@ -176,7 +176,7 @@ where
         ResponseFuture {
             kind: Kind::Upgrading {
                 future: self.inner.call(req),
-                pending: Some(Pending {
+                pending: Some(Box::new(Pending {
                     client,
                     protocol,
                     key,
@@ -184,7 +184,7 @@ where
                     limits: self.config.limits,
                     tunnels: self.tunnels.clone(),
                     observer,
-                }),
+                })),
             },
         }
     }
@@ -246,13 +246,15 @@ pin_project! {
             #[pin]
             future: F,
         },
+        // The upgrade's state and the layer's own answers are boxed: both are rare, and
+        // inline they would make every request's future (moved on each call) larger.
         Upgrading {
             #[pin]
             future: F,
-            pending: Option<Pending>,
+            pending: Option<Box<Pending>>,
         },
         Answer {
-            response: Option<Response<B>>,
+            response: Option<Box<Response<B>>>,
         },
     }
 }
@@ -261,7 +263,7 @@ impl<F, B: From<&'static str>> ResponseFuture<F, B> {
     fn answer(status: StatusCode, text: &'static str) -> Self {
         Self {
             kind: Kind::Answer {
-                response: Some(plain_text(status, text)),
+                response: Some(Box::new(plain_text(status, text))),
             },
         }
     }
@@ -282,10 +284,10 @@ where
                 let Some(pending) = pending.take() else {
                     return Poll::Pending;
                 };
-                Poll::Ready(Ok(switch(response, pending)))
+                Poll::Ready(Ok(switch(response, *pending)))
             }
             KindProj::Answer { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
+                Some(response) => Poll::Ready(Ok(*response)),
                 None => Poll::Pending,
             },
         }
