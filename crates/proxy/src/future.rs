@@ -185,8 +185,10 @@ impl Future for ResponseFuture {
                         sleep.as_mut().reset(deadline);
                     },
                 };
-                let upstream_ms = start.elapsed().as_secs_f64() * 1e3;
-                span.record("upstream_ms", upstream_ms);
+                // A clock read only when the span is recorded (debug level).
+                if !span.is_disabled() {
+                    span.record("upstream_ms", start.elapsed().as_secs_f64() * 1e3);
+                }
                 let response = match result {
                     Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         if *upgrade_requested {
@@ -202,6 +204,7 @@ impl Future for ResponseFuture {
                         proxied_response(response, *read_timeout, *event_stream_timeout)
                     }
                     Err(err) => {
+                        let upstream_ms = start.elapsed().as_secs_f64() * 1e3;
                         match err.upstream_tls() {
                             // Says which: unknown issuer, wrong name, expired, or rustls's text.
                             Some(tls) => tracing::warn!(upstream_ms, "proxy failed: {tls}"),
