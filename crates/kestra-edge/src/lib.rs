@@ -565,12 +565,14 @@ impl KestraEdge<()> {
     pub fn builder(upstream: impl Into<String>) -> KestraEdgeBuilder {
         let upstream = upstream.into();
         KestraEdgeBuilder {
-            proxy: ReverseProxyBuilder::new(upstream.clone()),
-            settings: ProxySettings(Vec::new()),
+            // The SSE guard governs event streams' idleness: the proxies are told once, so
+            // the guard need not mark each request (an extension, an allocation each).
+            proxy: ReverseProxyBuilder::new(upstream.clone()).event_stream_read_timeout(None),
+            settings: ProxySettings(vec![Arc::new(|p| p.event_stream_read_timeout(None))]),
             balance: balance::BalanceBuilder::new([upstream]),
             balanced: false,
             forwarded: ForwardedLayer::builder(),
-            sse: SseGuardLayer::new(),
+            sse: SseGuardLayer::new().mark_requests(false),
             upgrade: UpgradeLayer::new(),
             read_timeout: proxy::DEFAULT_READ_TIMEOUT,
             tunnel_idle_timeout: None,

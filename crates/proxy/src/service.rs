@@ -95,6 +95,7 @@ pub struct ReverseProxyBuilder {
     max_uri: usize,
     body_timeout: Duration,
     upstream_ca: Vec<PathBuf>,
+    event_stream_read_timeout: Option<EventStreamReadTimeout>,
 }
 
 impl ReverseProxyBuilder {
@@ -118,6 +119,7 @@ impl ReverseProxyBuilder {
             max_uri: DEFAULT_MAX_URI,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             upstream_ca: Vec::new(),
+            event_stream_read_timeout: None,
         }
     }
 
@@ -169,6 +171,17 @@ impl ReverseProxyBuilder {
     /// `proxy_read_timeout`, it limits idleness, not the total.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
+        self
+    }
+
+    /// The read timeout of `text/event-stream` responses to requests that carry no
+    /// [`EventStreamReadTimeout`] extension: `None` leaves a quiet stream's idleness to an
+    /// outer layer (the SSE guard's idle timeout), a duration replaces
+    /// [`read_timeout`](Self::read_timeout) for them. Unset, event streams get the read
+    /// timeout. Set once here, the outer layer need not mark every request (an allocation
+    /// each): the kestra-edge facade does so, with `SseGuardLayer::mark_requests(false)`.
+    pub fn event_stream_read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.event_stream_read_timeout = Some(EventStreamReadTimeout(timeout));
         self
     }
 
@@ -270,6 +283,7 @@ impl ReverseProxyBuilder {
                 authority,
                 authority_header,
                 read_timeout: self.read_timeout,
+                event_stream_read_timeout: self.event_stream_read_timeout,
                 preserve_host: self.preserve_host,
                 max_body: self.max_body,
                 max_uri: self.max_uri,
@@ -317,6 +331,8 @@ struct Shared {
     authority: Authority,
     authority_header: HeaderValue,
     read_timeout: Duration,
+    /// For event streams of requests without the extension.
+    event_stream_read_timeout: Option<EventStreamReadTimeout>,
     preserve_host: bool,
     max_body: u64,
     max_uri: usize,
@@ -442,7 +458,11 @@ where
         }
         let host = self.host(&req);
         let (mut parts, body) = req.into_parts();
-        let event_stream_timeout = parts.extensions.get::<EventStreamReadTimeout>().copied();
+        let event_stream_timeout = parts
+            .extensions
+            .get::<EventStreamReadTimeout>()
+            .copied()
+            .or(self.shared.event_stream_read_timeout);
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -629,5 +649,73 @@ mod tests {
             .unwrap();
         let response = proxy.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    /// An upstream that answers one event stream: `data: a`, a quiet gap of `gap`, then
+    /// `data: b` and the end.
+    async fn quiet_event_stream(gap: Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the proxy closed before its request head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let first = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                Transfer-Encoding: chunked\r\n\r\n9\r\ndata: a\n\n\r\n";
+            tcp.write_all(first).await.unwrap();
+            tokio::time::sleep(gap).await;
+            // The proxy may have cut the stream meanwhile: then these writes fail.
+            let _ = tcp.write_all(b"9\r\ndata: b\n\n\r\n0\r\n\r\n").await;
+        });
+        format!("http://{addr}")
+    }
+
+    /// The event stream's body through `proxy`: its frames' bytes, or the error that cut it.
+    async fn stream_through(proxy: ReverseProxy<TestBody>) -> Result<Vec<u8>, crate::BodyError> {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let request = Request::get("/follow").body(TestBody::new()).unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut seen = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                seen.extend_from_slice(&data);
+            }
+        }
+        Ok(seen)
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_read_timeout_set_on_the_builder_spares_quiet_streams() {
+        let read_timeout = Duration::from_millis(150);
+        let gap = Duration::from_millis(500);
+
+        // Unset: an event stream gets the read timeout, and the quiet gap cuts it.
+        let upstream = quiet_event_stream(gap).await;
+        let proxy = ReverseProxyBuilder::new(upstream)
+            .read_timeout(read_timeout)
+            .build::<TestBody>()
+            .unwrap();
+        let cut = stream_through(proxy).await;
+        assert!(matches!(cut, Err(crate::BodyError::ReadTimeout)), "{cut:?}");
+
+        // `None`: its idleness is an outer layer's business; the stream outlives the gap,
+        // without any extension on the request.
+        let upstream = quiet_event_stream(gap).await;
+        let proxy = ReverseProxyBuilder::new(upstream)
+            .read_timeout(read_timeout)
+            .event_stream_read_timeout(None)
+            .build::<TestBody>()
+            .unwrap();
+        let whole = stream_through(proxy).await.unwrap();
+        assert_eq!(whole, b"data: a\n\ndata: b\n\n");
     }
 }

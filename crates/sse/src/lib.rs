@@ -148,6 +148,9 @@ mod tests {
         assert_eq!(headers["cache-control"], "no-cache");
         assert_eq!(headers["x-accel-buffering"], "no");
         assert_eq!(extension, Some(EventStreamReadTimeout(None)));
+        // Not marked when the proxy behind is told once (the facade's way).
+        let (_tx, _, extension) = guarded(SseGuardLayer::new().mark_requests(false), SSE).await;
+        assert_eq!(extension, None);
 
         let (_tx, response, _) = guarded(
             SseGuardLayer::new(),

@@ -41,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) retry_jitter: Duration,
     /// The stream caps, when any is set; shared by every clone of the layer.
     caps: Option<Arc<StreamCaps>>,
+    /// Whether each request is marked for the proxy with `EventStreamReadTimeout(None)`.
+    mark_requests: bool,
 }
 
 /// `Retry-After` of a stream refused over a cap: a few seconds, like a browser's own
@@ -71,6 +73,7 @@ impl SseGuardLayer {
                 retry_base: Duration::from_secs(1),
                 retry_jitter: Duration::from_secs(4),
                 caps: None,
+                mark_requests: true,
             }),
         }
     }
@@ -83,11 +86,20 @@ impl SseGuardLayer {
             retry_base: self.config.retry_base,
             retry_jitter: self.config.retry_jitter,
             caps: self.config.caps.clone(),
+            mark_requests: self.config.mark_requests,
         };
         change(&mut config);
         Self {
             config: Arc::new(config),
         }
+    }
+
+    /// Whether each request carries `EventStreamReadTimeout(None)` to the proxy behind, so
+    /// that the proxy's read timeout does not cut a quiet event stream first (default on).
+    /// Off when that proxy is built with `ReverseProxyBuilder::event_stream_read_timeout(None)`,
+    /// as the kestra-edge facade does: one allocation less per request.
+    pub fn mark_requests(self, on: bool) -> Self {
+        self.with(|c| c.mark_requests = on)
     }
 
     /// Sends a `:` comment block after this much quiet (`None` or zero: never).
@@ -176,7 +188,9 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // This layer governs event streams' idleness; the proxy's read timeout must not
         // cut a quiet stream first.
-        req.extensions_mut().insert(EventStreamReadTimeout(None));
+        if self.config.mark_requests {
+            req.extensions_mut().insert(EventStreamReadTimeout(None));
+        }
         let mut client = None;
         if let Some(caps) = &self.config.caps {
             client = client_addr(&req);
