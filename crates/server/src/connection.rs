@@ -529,20 +529,10 @@ impl Watch {
 
 /// Whether a future's own wakers fired since it was last polled, and the task to wake when
 /// they do.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Woken {
     since_poll: AtomicBool,
     task: AtomicWaker,
-}
-
-impl Default for Woken {
-    fn default() -> Self {
-        Self {
-            // A new future is polled once, to register its wakers.
-            since_poll: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        }
-    }
 }
 
 impl std::task::Wake for Woken {
@@ -565,6 +555,7 @@ struct OnlyWhenWoken<'a, F> {
 
 impl<'a, F: Future> OnlyWhenWoken<'a, F> {
     fn new(woken: &'a Arc<Woken>, future: Pin<&'a mut F>) -> Self {
+        // A new future is polled once, to register its wakers.
         woken.since_poll.store(true, Ordering::Release);
         Self { woken, future }
     }
