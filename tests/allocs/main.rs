@@ -84,7 +84,8 @@ async fn the_gateway_allocates_little_per_request() {
     // HTTP/1.1 upstream path (and 21.4 KB instead of 25 KB), then 29 with the forwarded
     // layer's scratch buffer reused and `Host` checked without a copy, then 28 with the own
     // server path, then 26 with the request's header map allocated at its final size, then 24
-    // with the SSE guard's word to the proxy given at build time instead of per request. The
+    // with the SSE guard's word to the proxy given at build time instead of per request, then 18
+    // with header maps and extensions lent per thread (`kestra_edge_headers::recycle`). The
     // bound leaves room for noise (timers, pool bookkeeping), not for new allocations on every
     // request.
     assert!(
@@ -94,4 +95,4 @@ async fn the_gateway_allocates_little_per_request() {
 }
 
 /// The most allocations per proxied request this test lets pass.
-const BOUND: f64 = 28.0;
+const BOUND: f64 = 22.0;

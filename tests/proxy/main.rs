@@ -572,3 +572,60 @@ async fn sse_events_arrive_one_at_a_time() {
         );
     }
 }
+
+/// Header maps and extensions are lent per thread and reused (`kestra_edge_headers::recycle`):
+/// on one keep-alive connection, a field of one request or response never shows up in the
+/// next, in either direction.
+#[tokio::test]
+async fn no_field_of_one_exchange_reaches_the_next() {
+    let stack = Stack::start().await;
+    let keep_alive = reqwest::Client::builder().no_proxy().build().unwrap();
+    for n in 0..12 {
+        let mut request = keep_alive.get(stack.gateway.url("/kestra/api/v1/echo/r"));
+        if n % 2 == 0 {
+            request = request.header("x-even", n.to_string());
+        }
+        let echo: Echo = request.send().await.unwrap().json().await.unwrap();
+        let expected: Vec<String> = (n % 2 == 0).then(|| n.to_string()).into_iter().collect();
+        assert_eq!(echo.header_values("x-even"), expected, "request {n}");
+        assert_eq!(
+            echo.header_values("x-forwarded-for"),
+            ["127.0.0.1"],
+            "request {n}"
+        );
+    }
+
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered.clone();
+    let upstream = RawUpstream::start(move |mut stream| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let even = if n % 2 == 0 {
+                format!("X-Even: {n}\r\n")
+            } else {
+                String::new()
+            };
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{even}X-N: {n}\r\n\r\nok");
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    })
+    .await;
+    let gateway = RunningGateway::start(GatewayConfig::for_upstream(upstream.url())).await;
+    for n in 0..12 {
+        let response = keep_alive.get(gateway.url("/any")).send().await.unwrap();
+        let headers = response.headers().clone();
+        assert_eq!(response.text().await.unwrap(), "ok");
+        let values = |name| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values("x-n"), [n.to_string()], "response {n}");
+        let expected: Vec<String> = (n % 2 == 0).then(|| n.to_string()).into_iter().collect();
+        assert_eq!(values("x-even"), expected, "response {n}");
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`split_unquoted`] splits on any separator outside quoted strings (`Forwarded`'s `;`).
 //! - [`is_event_stream`] recognises a Server-Sent Events response.
 //! - [`plain_text`] builds the gateway's own short answers (400, 404, 502…).
+//! - [`recycle`] lends header maps and extension sets per thread to the own HTTP/1.1 paths.
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue};
@@ -30,6 +31,8 @@ use http::header::{
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Response, StatusCode};
+
+pub mod recycle;
 
 /// `Keep-Alive` (RFC 9112 Appendix C.2.2), not a constant in `http`.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

@@ -21,7 +21,7 @@ use hyper_util::{
     client::legacy::{self, connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
-use kestra_edge_headers::remove_hop_by_hop;
+use kestra_edge_headers::{recycle, remove_hop_by_hop};
 use std::{
     fmt,
     path::PathBuf,
@@ -486,6 +486,10 @@ where
                 drop(body);
                 let replayable =
                     matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+                // Written: the map and the extensions go back to the thread's for the next
+                // request.
+                recycle::give_header_map(parts.headers);
+                recycle::give_extensions(parts.extensions);
                 let exchange =
                     Exchange::new(own.clone(), head, parts.method == Method::HEAD, replayable);
                 return ResponseFuture::new(

@@ -9,6 +9,7 @@ use http::{
     header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING},
     HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version,
 };
+use kestra_edge_headers::recycle;
 use std::mem::MaybeUninit;
 
 /// The largest response head (status line and fields), like nginx's
@@ -199,7 +200,7 @@ pub fn parse_head(
         if reparsed != Ok(httparse::Status::Complete(len)) {
             return Err(H1Error::Head);
         }
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = recycle::header_map(count);
         for field in again.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Head)?;
             let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))

@@ -22,7 +22,7 @@ use http::{
     header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
     HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version,
 };
-use kestra_edge_headers::list_contains;
+use kestra_edge_headers::{list_contains, recycle};
 use std::{
     cell::RefCell,
     mem::MaybeUninit,
@@ -184,7 +184,7 @@ fn finish(
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes())) else {
         return Parsed::Hyper;
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_FIELDS);
+    let mut headers = recycle::header_map(parsed.headers.len() + ADDED_FIELDS);
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parsed::Hyper;
@@ -211,6 +211,7 @@ fn finish(
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
+    *request.extensions_mut() = recycle::extensions();
     Parsed::Request { request, info, len }
 }
 

@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::Body;
+use kestra_edge_headers::recycle;
 use std::{
     convert::Infallible,
     future::{poll_fn, Future},
@@ -252,6 +253,8 @@ where
                 keep_alive,
                 &mut out,
             );
+            // Written: the map goes back to the thread's for the next head.
+            recycle::give_header_map(parts.headers);
             body
         });
         let written = match encoded {
