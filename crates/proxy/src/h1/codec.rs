@@ -105,12 +105,14 @@ pub fn write_request_head(
     target: &str,
     headers: &HeaderMap,
     authority: &str,
-) -> Bytes {
+) -> Vec<u8> {
     let mut size = method.as_str().len() + target.len() + 32 + authority.len();
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
     }
-    let mut head = BytesMut::with_capacity(size);
+    // A `Vec`, not `Bytes`: it is only written, and freezing a buffer that is not full would
+    // allocate once more (the shared header `Bytes` keeps).
+    let mut head = Vec::with_capacity(size);
     head.extend_from_slice(method.as_str().as_bytes());
     head.extend_from_slice(b" ");
     head.extend_from_slice(target.as_bytes());
@@ -131,7 +133,7 @@ pub fn write_request_head(
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    head.freeze()
+    head
 }
 
 /// Parses the response head at the start of `buf`.

@@ -102,7 +102,7 @@ impl Upstream {
 /// head. Resolves to the response, whose body then owns the connection.
 pub(crate) struct Exchange {
     upstream: Arc<Upstream>,
-    head: Bytes,
+    head: Vec<u8>,
     head_request: bool,
     /// GET, HEAD, OPTIONS: may be sent again once if the connection closes unanswered.
     replayable: bool,
@@ -153,7 +153,7 @@ enum Unanswered {
 impl Exchange {
     pub(crate) fn new(
         upstream: Arc<Upstream>,
-        head: Bytes,
+        head: Vec<u8>,
         head_request: bool,
         replayable: bool,
     ) -> Self {
