@@ -26,6 +26,7 @@
 //! ```
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use http::{Extensions, HeaderMap};
 
@@ -58,12 +59,7 @@ pub fn give_header_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    MAPS.with(|maps| {
-        let mut maps = maps.borrow_mut();
-        if maps.len() < KEPT {
-            maps.push(map);
-        }
-    });
+    keep(&MAPS, map);
 }
 
 /// An empty extension set: one given back (its map already allocated), else a new one.
@@ -81,10 +77,15 @@ pub fn give_extensions(mut extensions: Extensions) {
         return;
     }
     extensions.clear();
-    EXTENSIONS.with(|sets| {
-        let mut sets = sets.borrow_mut();
-        if sets.len() < KEPT {
-            sets.push(extensions);
+    keep(&EXTENSIONS, extensions);
+}
+
+/// Puts `item` on this thread's `list`, unless it holds [`KEPT`] already.
+fn keep<T: 'static>(list: &'static LocalKey<RefCell<Vec<T>>>, item: T) {
+    list.with(|list| {
+        let mut list = list.borrow_mut();
+        if list.len() < KEPT {
+            list.push(item);
         }
     });
 }
