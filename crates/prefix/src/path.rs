@@ -100,6 +100,43 @@ impl std::str::FromStr for ContextPath {
 /// segments, some backends decode first), so no interpretation is safe to forward.
 pub fn is_unsafe_path(path: &str) -> bool {
     let bytes = path.as_bytes();
+    if bytes.contains(&b'%') {
+        decoded_path_is_unsafe(bytes)
+    } else {
+        raw_path_is_unsafe(bytes)
+    }
+}
+
+/// [`is_unsafe_path`] for a path without `%`: nothing to decode, so one pass over the bytes
+/// tells. Every request pays this check; the general rules below cost about twenty times
+/// more on a typical API path.
+fn raw_path_is_unsafe(bytes: &[u8]) -> bool {
+    // The current segment's name (before any `;`): its length, and whether all dots.
+    let mut len = 0usize;
+    let mut dots = true;
+    let mut in_name = true;
+    for &b in bytes {
+        match b {
+            b'\\' | 0 => return true,
+            b'/' => {
+                if dots && (len == 1 || len == 2) {
+                    return true;
+                }
+                (len, dots, in_name) = (0, true, true);
+            }
+            b';' => in_name = false,
+            _ if in_name => {
+                len += 1;
+                dots &= b == b'.';
+            }
+            _ => {}
+        }
+    }
+    dots && (len == 1 || len == 2)
+}
+
+/// [`is_unsafe_path`] by the general rules: each segment decoded once, then looked at.
+fn decoded_path_is_unsafe(bytes: &[u8]) -> bool {
     if bytes.contains(&b'\\') || bytes.contains(&0) {
         return true;
     }
@@ -245,6 +282,18 @@ mod tests {
         ];
         for path in safe_paths {
             assert!(!is_unsafe_path(path), "{path} was refused");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// The one-pass check gives what the general rules give, on paths made of the bytes
+        /// that matter (dots, slashes, semicolons, escapes, backslash, NUL) and others.
+        #[test]
+        fn the_raw_fast_path_agrees_with_the_general_rules(
+            path in "[./;%2eEfF5cC0a\\\\\\x00]{0,12}"
+        ) {
+            proptest::prop_assert_eq!(is_unsafe_path(&path), decoded_path_is_unsafe(path.as_bytes()), "{:?}", path);
         }
     }
 }

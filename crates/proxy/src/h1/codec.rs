@@ -107,8 +107,12 @@ pub fn write_request_head(
     authority: &str,
 ) -> Vec<u8> {
     let mut size = method.as_str().len() + target.len() + 32 + authority.len();
+    // Found on the way rather than looked up: a lookup hashes the name.
+    let (mut host, mut length) = (false, false);
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
+        host |= *name == HOST;
+        length |= *name == CONTENT_LENGTH;
     }
     // A `Vec`, not `Bytes`: it is only written, and freezing a buffer that is not full would
     // allocate once more (the shared header `Bytes` keeps).
@@ -117,7 +121,7 @@ pub fn write_request_head(
     head.extend_from_slice(b" ");
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(HOST) {
+    if !host {
         head.extend_from_slice(b"host: ");
         head.extend_from_slice(authority.as_bytes());
         head.extend_from_slice(b"\r\n");
@@ -129,7 +133,7 @@ pub fn write_request_head(
         head.extend_from_slice(b"\r\n");
     }
     let body_method = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
-    if body_method && !headers.contains_key(CONTENT_LENGTH) {
+    if body_method && !length {
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");

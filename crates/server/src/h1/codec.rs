@@ -185,6 +185,9 @@ fn finish(
         return Parsed::Hyper;
     };
     let mut headers = recycle::header_map(parsed.headers.len() + ADDED_FIELDS);
+    // Whether `Connection` and `TE` are there at all: most requests have neither, and a
+    // lookup of an absent name costs a hash and a probe each.
+    let (mut connection, mut te) = (false, false);
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parsed::Hyper;
@@ -196,15 +199,17 @@ fn finish(
         if matches!(name, CONTENT_LENGTH | TRANSFER_ENCODING | EXPECT | UPGRADE) {
             return Parsed::Hyper;
         }
+        connection |= name == CONNECTION;
+        te |= name == TE;
         headers.append(name, value);
     }
-    if list_contains(&headers, &CONNECTION, "upgrade") {
+    if connection && list_contains(&headers, &CONNECTION, "upgrade") {
         return Parsed::Hyper;
     }
     let info = RequestInfo {
         head: method == Method::HEAD,
-        keep_alive: !list_contains(&headers, &CONNECTION, "close"),
-        trailers: list_contains(&headers, &TE, "trailers"),
+        keep_alive: !(connection && list_contains(&headers, &CONNECTION, "close")),
+        trailers: te && list_contains(&headers, &TE, "trailers"),
     };
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -333,10 +338,32 @@ fn encode_fields(
     let mut wrote_date = false;
     // A 101 ends the HTTP/1 exchange: hyper writes it and closes (no upgrade is pending on
     // a request the codec serves).
-    let closes = list_contains(headers, &CONNECTION, "close");
+    // Most responses have no `Connection`: a look along the few names costs less than a
+    // hashed lookup.
+    let has_connection = headers.keys().any(|name| *name == CONNECTION);
+    let closes = has_connection && list_contains(headers, &CONNECTION, "close");
     let mut last = !keep_alive || closes || status == StatusCode::SWITCHING_PROTOCOLS;
     let mut trailer_names: Option<Vec<HeaderName>> = None;
-    for name in headers.keys() {
+    // Each (name, value) in order, a name's values one after the other. The names framing
+    // depends on are written once, from all their values; the others as they come, with no
+    // lookup by name.
+    let mut handled: Option<&HeaderName> = None;
+    for (name, value) in headers.iter() {
+        let special = matches!(
+            *name,
+            CONTENT_LENGTH | TRANSFER_ENCODING | CONNECTION | TRAILER
+        );
+        if !special {
+            if *name == DATE {
+                wrote_date = true;
+            }
+            field(dst, name.as_str().as_bytes(), value.as_bytes());
+            continue;
+        }
+        if handled == Some(name) {
+            continue;
+        }
+        handled = Some(name);
         let values = headers.get_all(name);
         match *name {
             CONTENT_LENGTH => {
@@ -421,17 +448,10 @@ fn encode_fields(
                     }
                 }
             }
-            _ => {
-                if *name == DATE {
-                    wrote_date = true;
-                }
-                for value in values {
-                    field(dst, name.as_str().as_bytes(), value.as_bytes());
-                }
-            }
+            _ => {}
         }
     }
-    if !keep_alive && !headers.contains_key(CONNECTION) {
+    if !keep_alive && !has_connection {
         dst.extend_from_slice(b"connection: close\r\n");
     }
 
