@@ -7,8 +7,8 @@ use futures_util::StreamExt;
 use kestra_edge_gateway::{GatewayConfig, HostHeader};
 use kestra_edge_standin::Echo;
 use kestra_edge_tests::{
-    client, closed_port, eventually, raw_body, raw_echo, raw_exchange, raw_status, sha256_hex,
-    RawUpstream, RunningGateway, Stack,
+    client, closed_port, eventually, raw_body, raw_echo, raw_exchange, raw_status, read_head,
+    sha256_hex, RawUpstream, RunningGateway, Stack,
 };
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -286,6 +286,58 @@ async fn refused_upstream_is_502_without_internal_addresses() {
     let body = response.text().await.unwrap();
     assert_eq!(body, "upstream unavailable\n");
     assert!(!body.contains("127.0.0.1") && !body.contains(&dead.port().to_string()));
+}
+
+#[tokio::test]
+async fn a_pooled_connection_gone_silent_is_504_after_the_read_timeout() {
+    // Answers the first request on a connection, then reads the next one and never answers:
+    // the response deadline must hold on a connection taken from the pool, whose timer
+    // served the request before.
+    let upstream = RawUpstream::start(|mut stream| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        if read_head(&mut stream).await {
+            std::future::pending::<()>().await;
+        }
+    })
+    .await;
+    let mut config = GatewayConfig::for_upstream(upstream.url());
+    config.upstream.read_timeout = Duration::from_millis(300);
+    // One worker, one pool: every request may take the pooled connection.
+    config.listener.workers = std::num::NonZeroUsize::MIN;
+    let gateway = RunningGateway::start(config).await;
+    let client = client();
+    let get = || async {
+        let response = tokio::time::timeout(
+            5 * SECOND,
+            client.get(gateway.url("/kestra/api/v1/flows")).send(),
+        )
+        .await
+        .expect("answered within 5 s")
+        .unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    assert_eq!(get().await, (reqwest::StatusCode::OK, "ok".to_owned()));
+    // Half the timeout later: the deadline is the new request's, not the first one's.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    assert_eq!(
+        get().await,
+        (
+            reqwest::StatusCode::GATEWAY_TIMEOUT,
+            "upstream response timed out\n".to_owned()
+        )
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "the second request went on the pooled connection"
+    );
+    // The silent connection is not pooled again: the next request gets a new one.
+    assert_eq!(get().await, (reqwest::StatusCode::OK, "ok".to_owned()));
+    assert_eq!(upstream.requests(), 2);
 }
 
 #[tokio::test]

@@ -244,7 +244,7 @@ impl Drop for RawUpstream {
 }
 
 /// Reads up to the end of a request head; false if the peer closed first.
-async fn read_head(stream: &mut TcpStream) -> bool {
+pub async fn read_head(stream: &mut TcpStream) -> bool {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

@@ -76,8 +76,9 @@ pin_project! {
         Waiting {
             #[pin]
             inner: Inner,
-            #[pin]
-            sleep: Sleep,
+            // The response deadline's timer on hyper's path; the own path's connection
+            // keeps its own from one request to the next.
+            sleep: Option<Pin<Box<Sleep>>>,
             progress: Option<Arc<Progress>>,
             start: Instant,
             read_timeout: Duration,
@@ -105,10 +106,14 @@ impl ResponseFuture {
         replay: Option<Replay>,
         span: Span,
     ) -> Self {
+        let sleep = match inner {
+            Inner::Hyper { .. } => Some(Box::pin(tokio::time::sleep_until(start + read_timeout))),
+            Inner::Own { .. } => None,
+        };
         Self {
             kind: Kind::Waiting {
                 inner,
-                sleep: tokio::time::sleep_until(start + read_timeout),
+                sleep,
                 progress,
                 start,
                 read_timeout,
@@ -147,7 +152,7 @@ impl Future for ResponseFuture {
         match self.project().kind.project() {
             KindProj::Waiting {
                 mut inner,
-                mut sleep,
+                sleep,
                 progress,
                 start,
                 read_timeout,
@@ -175,6 +180,9 @@ impl Future for ResponseFuture {
                     Poll::Ready(Err(ClientError::Hyper(err))) => Err(ProxyError::from_client(err)),
                     Poll::Ready(Err(ClientError::Own(err))) => Err(err),
                     Poll::Pending => loop {
+                        let Some(sleep) = sleep.as_mut() else {
+                            return Poll::Pending;
+                        };
                         ready!(sleep.as_mut().poll(cx));
                         // The timer counts from the last request byte, not from the start.
                         let last = progress.as_ref().map_or(*start, |p| p.last());

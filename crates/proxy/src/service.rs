@@ -490,8 +490,13 @@ where
                 // request.
                 recycle::give_header_map(parts.headers);
                 recycle::give_extensions(parts.extensions);
-                let exchange =
-                    Exchange::new(own.clone(), head, parts.method == Method::HEAD, replayable);
+                let exchange = Exchange::new(
+                    own.clone(),
+                    head,
+                    parts.method == Method::HEAD,
+                    replayable,
+                    start + self.shared.read_timeout,
+                );
                 return ResponseFuture::new(
                     ResponseFuture::own(exchange),
                     None,

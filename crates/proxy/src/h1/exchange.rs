@@ -4,7 +4,7 @@
 
 use super::{
     codec::{parse_head, BodyDecoder, Decoded, H1Error},
-    pool::Pool,
+    pool::{Pool, Pooled, Timer},
 };
 use crate::error::ProxyError;
 use bytes::{Bytes, BytesMut};
@@ -23,6 +23,7 @@ use std::{
 use tokio::{
     io::{AsyncWrite, Interest},
     net::TcpStream,
+    time::Instant,
 };
 
 /// Bytes read at a time at first. hyper's read buffer starts at the same size.
@@ -109,6 +110,10 @@ pub(crate) struct Exchange {
     retried: bool,
     /// What the body's reads start at: a pooled connection's last size, else [`READ_SIZE`].
     read_size: usize,
+    /// When the response head must have come.
+    deadline: Instant,
+    /// The connection's timer, set to `deadline` (a pooled connection brings its own).
+    timer: Option<Timer>,
     state: State,
 }
 
@@ -156,6 +161,7 @@ impl Exchange {
         head: Vec<u8>,
         head_request: bool,
         replayable: bool,
+        deadline: Instant,
     ) -> Self {
         Self {
             upstream,
@@ -164,7 +170,26 @@ impl Exchange {
             replayable,
             retried: false,
             read_size: READ_SIZE,
+            deadline,
+            timer: None,
             state: State::Start,
+        }
+    }
+
+    /// Waits for the connection, under the response deadline: the upstream took too long
+    /// when the timer fires.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<H1Body>, ProxyError>> {
+        let timer = match &mut self.timer {
+            Some(timer) => timer,
+            None => match Timer::new(self.deadline) {
+                Some(timer) => self.timer.insert(timer),
+                // Outside a runtime no timer can run; the connection's wake-up still does.
+                None => return Poll::Pending,
+            },
+        };
+        match timer.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(ProxyError::ResponseTimeout)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -190,8 +215,18 @@ impl Exchange {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Start => {
                     self.state = match self.upstream.pool.take() {
-                        Some((stream, read_size)) => {
+                        Some(Pooled {
+                            stream,
+                            read_size,
+                            timer,
+                        }) => {
                             self.read_size = read_size;
+                            if let Some(mut timer) = timer {
+                                // Later than the deadline it had: an atomic update while
+                                // it is still registered.
+                                timer.sleep.as_mut().reset(self.deadline);
+                                self.timer = Some(timer);
+                            }
                             State::Writing {
                                 stream,
                                 reused: true,
@@ -204,7 +239,7 @@ impl Exchange {
                 State::Connecting(mut connect) => match connect.as_mut().poll(cx) {
                     Poll::Pending => {
                         self.state = State::Connecting(connect);
-                        return Poll::Pending;
+                        return self.wait(cx);
                     }
                     Poll::Ready(Ok(stream)) => {
                         self.state = State::Writing {
@@ -226,7 +261,7 @@ impl Exchange {
                             reused,
                             written,
                         };
-                        return Poll::Pending;
+                        return self.wait(cx);
                     }
                     Poll::Ready(Ok(n)) if n > 0 => {
                         written += n;
@@ -269,6 +304,7 @@ impl Exchange {
                                 keep_alive: head.keep_alive,
                                 pool: self.upstream.pool.clone(),
                                 read_size: self.read_size,
+                                timer: self.timer.take(),
                                 failed: None,
                             };
                             if body.decoder.is_done() {
@@ -290,7 +326,7 @@ impl Exchange {
                                 buf,
                                 interim,
                             };
-                            return Poll::Pending;
+                            return self.wait(cx);
                         }
                         Poll::Ready(Err(err)) => Err(err),
                         Poll::Ready(Ok(())) => {
@@ -344,6 +380,8 @@ pub(crate) struct H1Body {
     pool: Arc<Pool>,
     /// How much the next read asks for: grows while reads fill the buffer.
     read_size: usize,
+    /// The connection's response timer, pooled with it.
+    timer: Option<Timer>,
     /// A failure found, reported at the next poll: the server first writes out the bytes
     /// it was given before it aborts the transfer, so the client sees how far it got.
     failed: Option<H1BodyError>,
@@ -374,7 +412,7 @@ impl H1Body {
     fn finish(&mut self) {
         if let Some(stream) = self.stream.take() {
             if self.keep_alive && self.buf.is_empty() {
-                self.pool.put(stream, self.read_size);
+                self.pool.put(stream, self.read_size, self.timer.take());
             }
         }
         self.buf = BytesMut::new();
