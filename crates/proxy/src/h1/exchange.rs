@@ -4,7 +4,8 @@
 
 use super::{
     codec::{parse_head, BodyDecoder, Decoded, H1Error},
-    pool::{Pool, Pooled, Timer},
+    pool::Pool,
+    timer::Timer,
 };
 use crate::error::ProxyError;
 use bytes::{Bytes, BytesMut};
@@ -110,9 +111,7 @@ pub(crate) struct Exchange {
     retried: bool,
     /// What the body's reads start at: a pooled connection's last size, else [`READ_SIZE`].
     read_size: usize,
-    /// When the response head must have come.
-    deadline: Instant,
-    /// The connection's timer, set to `deadline` (a pooled connection brings its own).
+    /// The response head's deadline, lent by the thread while the exchange lasts.
     timer: Option<Timer>,
     state: State,
 }
@@ -146,6 +145,14 @@ impl fmt::Debug for Exchange {
     }
 }
 
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.give();
+        }
+    }
+}
+
 /// The connection failed before any byte of an answer.
 #[derive(Debug, thiserror::Error)]
 enum Unanswered {
@@ -170,8 +177,7 @@ impl Exchange {
             replayable,
             retried: false,
             read_size: READ_SIZE,
-            deadline,
-            timer: None,
+            timer: Timer::take(deadline),
             state: State::Start,
         }
     }
@@ -179,17 +185,15 @@ impl Exchange {
     /// Waits for the connection, under the response deadline: the upstream took too long
     /// when the timer fires.
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<H1Body>, ProxyError>> {
-        let timer = match &mut self.timer {
-            Some(timer) => timer,
-            None => match Timer::new(self.deadline) {
-                Some(timer) => self.timer.insert(timer),
-                // Outside a runtime no timer can run; the connection's wake-up still does.
-                None => return Poll::Pending,
-            },
-        };
-        match timer.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(ProxyError::ResponseTimeout)),
-            Poll::Pending => Poll::Pending,
+        // Outside a runtime no timer runs; the connection's wake-up still does.
+        if self
+            .timer
+            .as_mut()
+            .is_some_and(|timer| timer.poll_expired(cx))
+        {
+            Poll::Ready(Err(ProxyError::ResponseTimeout))
+        } else {
+            Poll::Pending
         }
     }
 
@@ -215,18 +219,8 @@ impl Exchange {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Start => {
                     self.state = match self.upstream.pool.take() {
-                        Some(Pooled {
-                            stream,
-                            read_size,
-                            timer,
-                        }) => {
+                        Some((stream, read_size)) => {
                             self.read_size = read_size;
-                            if let Some(mut timer) = timer {
-                                // Later than the deadline it had: an atomic update while
-                                // it is still registered.
-                                timer.sleep.as_mut().reset(self.deadline);
-                                self.timer = Some(timer);
-                            }
                             State::Writing {
                                 stream,
                                 reused: true,
@@ -297,6 +291,10 @@ impl Exchange {
                 } => {
                     match parse_head(&mut buf, self.head_request, &mut interim) {
                         Ok(Some(head)) => {
+                            // Answered: the timer goes back for the thread's next exchange.
+                            if let Some(timer) = self.timer.take() {
+                                timer.give();
+                            }
                             let mut body = H1Body {
                                 stream: Some(stream),
                                 buf,
@@ -304,7 +302,6 @@ impl Exchange {
                                 keep_alive: head.keep_alive,
                                 pool: self.upstream.pool.clone(),
                                 read_size: self.read_size,
-                                timer: self.timer.take(),
                                 failed: None,
                             };
                             if body.decoder.is_done() {
@@ -380,8 +377,6 @@ pub(crate) struct H1Body {
     pool: Arc<Pool>,
     /// How much the next read asks for: grows while reads fill the buffer.
     read_size: usize,
-    /// The connection's response timer, pooled with it.
-    timer: Option<Timer>,
     /// A failure found, reported at the next poll: the server first writes out the bytes
     /// it was given before it aborts the transfer, so the client sees how far it got.
     failed: Option<H1BodyError>,
@@ -412,7 +407,7 @@ impl H1Body {
     fn finish(&mut self) {
         if let Some(stream) = self.stream.take() {
             if self.keep_alive && self.buf.is_empty() {
-                self.pool.put(stream, self.read_size, self.timer.take());
+                self.pool.put(stream, self.read_size);
             }
         }
         self.buf = BytesMut::new();

@@ -19,5 +19,6 @@
 pub mod codec;
 pub(crate) mod exchange;
 pub(crate) mod pool;
+pub(crate) mod timer;
 
 pub use codec::{BodyDecoder, Decoded, Framing, H1Error, Head};

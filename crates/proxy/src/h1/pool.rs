@@ -7,7 +7,6 @@
 //!
 //! [`PerCoreServer`]: https://docs.rs/kestra-edge-server
 
-use std::pin::Pin;
 use std::{
     cell::Cell,
     collections::VecDeque,
@@ -17,11 +16,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{
-    net::TcpStream,
-    runtime,
-    time::{Instant, Sleep},
-};
+use tokio::{net::TcpStream, time::Instant};
 
 /// Idle keep-alive connections to one upstream.
 #[derive(Debug)]
@@ -45,38 +40,6 @@ struct Idle {
     since: Instant,
     /// The read size the connection's last body grew to, kept for its next one.
     read_size: usize,
-    timer: Option<Timer>,
-}
-
-/// A connection's response timer, kept with it from one exchange to the next: moving a
-/// registered timer to a later deadline is an atomic update, where a new timer per request
-/// is registered and removed under the timer driver's lock. It is bound to the runtime that
-/// made it, which it names.
-#[derive(Debug)]
-pub(crate) struct Timer {
-    pub(crate) sleep: Pin<Box<Sleep>>,
-    runtime: runtime::Id,
-}
-
-impl Timer {
-    /// A timer for `deadline`, on the current runtime; `None` outside one.
-    pub(crate) fn new(deadline: Instant) -> Option<Self> {
-        let runtime = runtime::Handle::try_current().ok()?.id();
-        Some(Self {
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            runtime,
-        })
-    }
-}
-
-/// A connection taken from the pool.
-#[derive(Debug)]
-pub(crate) struct Pooled {
-    pub(crate) stream: TcpStream,
-    pub(crate) read_size: usize,
-    /// Its timer, when it was made by the current runtime (a timer whose runtime has shut
-    /// down panics when polled).
-    pub(crate) timer: Option<Timer>,
 }
 
 thread_local! {
@@ -123,7 +86,7 @@ impl Pool {
     /// A connection the upstream closed while idle has a pending end of file: the reactor
     /// marked it readable, so the check reads it (one system call) and drops it. A quiet one
     /// costs no system call at all.
-    pub(crate) fn take(&self) -> Option<Pooled> {
+    pub(crate) fn take(&self) -> Option<(TcpStream, usize)> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
@@ -139,26 +102,18 @@ impl Pool {
                     break None;
                 }
                 if quiet(&idle.stream) {
-                    break Some(idle);
+                    break Some((idle.stream, idle.read_size));
                 }
                 stale.push(idle);
             }
         };
         // Closed outside the lock.
         drop(stale);
-        let idle = found?;
-        let timer = idle.timer.filter(|timer| {
-            runtime::Handle::try_current().is_ok_and(|current| current.id() == timer.runtime)
-        });
-        Some(Pooled {
-            stream: idle.stream,
-            read_size: idle.read_size,
-            timer,
-        })
+        found
     }
 
     /// Keeps `stream` for the next request, with the read size its last body grew to.
-    pub(crate) fn put(self: &Arc<Self>, stream: TcpStream, read_size: usize, timer: Option<Timer>) {
+    pub(crate) fn put(self: &Arc<Self>, stream: TcpStream, read_size: usize) {
         if self.max_idle == 0 {
             return;
         }
@@ -174,7 +129,6 @@ impl Pool {
                 stream,
                 since: Instant::now(),
                 read_size,
-                timer,
             });
             let reap = !shard.reaping;
             shard.reaping = true;
@@ -258,15 +212,15 @@ mod tests {
         let (a, a_server) = pair(&listener).await;
         let (b, mut b_server) = pair(&listener).await;
         let (a_port, b_port) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-        pool.put(a, 8192, None);
-        pool.put(b, 65536, None);
+        pool.put(a, 8192);
+        pool.put(b, 65536);
         // The upstream closes b: it is dropped, and a, older but open, is taken.
         b_server.shutdown().await.unwrap();
         drop(b_server);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let taken = pool.take().unwrap();
+        let (taken, read_size) = pool.take().unwrap();
         assert_eq!(
-            (taken.stream.local_addr().unwrap(), taken.read_size),
+            (taken.local_addr().unwrap(), read_size),
             (a_port, 8192),
             "b was closed: {b_port}"
         );
@@ -279,12 +233,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::new(Duration::from_millis(100), 8);
         let (a, _a_server) = pair(&listener).await;
-        pool.put(a, 8192, None);
+        pool.put(a, 8192);
         assert_eq!(pool.idle(), 1);
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(pool.idle(), 0, "the reaper closed it");
         let (b, _b_server) = pair(&listener).await;
-        pool.put(b, 8192, None);
+        pool.put(b, 8192);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.take().is_some(), "not yet expired");
     }
@@ -297,7 +251,7 @@ mod tests {
         for _ in 0..3 {
             let (client, server) = pair(&listener).await;
             servers.push(server);
-            pool.put(client, 8192, None);
+            pool.put(client, 8192);
         }
         assert_eq!(pool.idle(), 2);
     }
