@@ -9,7 +9,7 @@
 //! system call, parses the response head with `httparse` (the parser hyper uses), and the
 //! response body reads from the socket itself, holding a read buffer only while bytes are
 //! in flight. The response head's deadline runs on a timer the thread lends from one exchange
-//! to the next ([`timer`]). Requests with a body, upgrades and `https://` upstreams stay on
+//! to the next (the `timer` module). Requests with a body, upgrades and `https://` upstreams stay on
 //! hyper.
 //!
 //! The framing is strict RFC 9112 (see [`codec`]): `Content-Length` with
