@@ -84,35 +84,37 @@ impl Timer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::{future::poll_fn, task::Poll, time::Duration};
+
+    /// Whether the timer has expired, polled once.
+    async fn expired(timer: &mut Timer) -> bool {
+        poll_fn(|cx| Poll::Ready(timer.poll_expired(cx))).await
+    }
+
+    /// Waits until the timer expires.
+    async fn expiry(timer: &mut Timer) {
+        poll_fn(|cx| {
+            if timer.poll_expired(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_lent_timer_fires_at_its_new_deadline() {
         let start = Instant::now();
         let mut first = Timer::take(start + Duration::from_millis(100)).unwrap();
         let pointer = &*first.0 as *const Inner;
-        std::future::poll_fn(|cx| {
-            assert!(!first.poll_expired(cx));
-            std::task::Poll::Ready(())
-        })
-        .await;
+        assert!(!expired(&mut first).await);
         first.give();
         let mut lent = Timer::take(start + Duration::from_millis(300)).unwrap();
         assert_eq!(&*lent.0 as *const Inner, pointer, "the spare is lent again");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        std::future::poll_fn(|cx| {
-            assert!(!lent.poll_expired(cx), "not at the first deadline");
-            std::task::Poll::Ready(())
-        })
-        .await;
-        std::future::poll_fn(|cx| {
-            if lent.poll_expired(cx) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
+        assert!(!expired(&mut lent).await, "not at the first deadline");
+        expiry(&mut lent).await;
         assert!(Instant::now() >= start + Duration::from_millis(300));
     }
 
@@ -138,14 +140,7 @@ mod tests {
             let mut timer = Timer::take(Instant::now() + Duration::from_millis(10)).unwrap();
             assert_eq!(SPARE.with(|spare| spare.borrow().len()), 0);
             // Polling it panics if it is the first runtime's.
-            std::future::poll_fn(|cx| {
-                if timer.poll_expired(cx) {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
-            })
-            .await;
+            expiry(&mut timer).await;
         });
     }
 }
