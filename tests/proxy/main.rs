@@ -291,8 +291,8 @@ async fn refused_upstream_is_502_without_internal_addresses() {
 #[tokio::test]
 async fn a_pooled_connection_gone_silent_is_504_after_the_read_timeout() {
     // Answers the first request on a connection, then reads the next one and never answers:
-    // the response deadline must hold on a connection taken from the pool, whose timer
-    // served the request before.
+    // the response deadline must hold on a connection taken from the pool, with a timer the
+    // thread lends again after the first request, moved to the second one's deadline.
     let upstream = RawUpstream::start(|mut stream| async move {
         let _ = stream
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

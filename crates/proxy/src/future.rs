@@ -76,8 +76,8 @@ pin_project! {
         Waiting {
             #[pin]
             inner: Inner,
-            // The response deadline's timer on hyper's path; the own path's connection
-            // keeps its own from one request to the next.
+            // The response deadline's timer on hyper's path; on the own path the exchange
+            // holds a timer lent by the thread.
             sleep: Option<Pin<Box<Sleep>>>,
             progress: Option<Arc<Progress>>,
             start: Instant,

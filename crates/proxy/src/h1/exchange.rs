@@ -111,7 +111,8 @@ pub(crate) struct Exchange {
     retried: bool,
     /// What the body's reads start at: a pooled connection's last size, else [`READ_SIZE`].
     read_size: usize,
-    /// The response head's deadline, lent by the thread while the exchange lasts.
+    /// The response head's deadline, lent by the thread while the exchange lasts (given
+    /// back when it is dropped, which its caller does once the head has come).
     timer: Option<Timer>,
     state: State,
 }
@@ -291,10 +292,6 @@ impl Exchange {
                 } => {
                     match parse_head(&mut buf, self.head_request, &mut interim) {
                         Ok(Some(head)) => {
-                            // Answered: the timer goes back for the thread's next exchange.
-                            if let Some(timer) = self.timer.take() {
-                                timer.give();
-                            }
                             let mut body = H1Body {
                                 stream: Some(stream),
                                 buf,

@@ -8,9 +8,9 @@
 //! it takes an idle connection from a per-thread pool, writes the request head in one
 //! system call, parses the response head with `httparse` (the parser hyper uses), and the
 //! response body reads from the socket itself, holding a read buffer only while bytes are
-//! in flight. The response head's deadline runs on a timer the thread lends from one exchange
-//! to the next (the `timer` module). Requests with a body, upgrades and `https://` upstreams stay on
-//! hyper.
+//! in flight. The response head's deadline runs on a timer the thread lends from one
+//! exchange to the next (the `timer` module). Requests with a body, upgrades and `https://`
+//! upstreams stay on hyper.
 //!
 //! The framing is strict RFC 9112 (see [`codec`]): `Content-Length` with
 //! `Transfer-Encoding`, an invalid or conflicting `Content-Length`, and any
