@@ -114,6 +114,38 @@ impl SseRow {
         }
     }
 
+    /// Whether this row is `target`'s with `streams` streams.
+    pub(crate) fn is_for(&self, streams: usize, target: &str) -> bool {
+        self.streams == streams && self.target == target
+    }
+
+    /// Merges another round of the same row. The delays are the best round's: the one that
+    /// opened the most streams, and of those the lowest p99 (best of each, as with the
+    /// HTTP rows' requests per second). The memory figures are the worst round's, so that
+    /// a round that happened to read low does not hide one that read high.
+    pub(crate) fn keep_best(&mut self, other: &SseRow) {
+        let worse = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if other.kib_per_stream > self.kib_per_stream {
+            self.open_at_rss_read = other.open_at_rss_read;
+        }
+        self.kib_per_stream = worse(self.kib_per_stream, other.kib_per_stream);
+        self.kib_per_stream_after_close = worse(
+            self.kib_per_stream_after_close,
+            other.kib_per_stream_after_close,
+        );
+        if (other.opened, std::cmp::Reverse(other.p99_us))
+            > (self.opened, std::cmp::Reverse(self.p99_us))
+        {
+            self.opened = other.opened;
+            self.events = other.events;
+            self.p50_us = other.p50_us;
+            self.p99_us = other.p99_us;
+        }
+    }
+
     pub(crate) fn summary(&self) -> String {
         format!(
             "  SSE streams={:<5} {:<15} opened {:>5} events {:>7}  p50 {:>6} µs  p99 {:>6} µs  KiB/stream open {} after close {}",
@@ -611,4 +643,52 @@ fn dedup(mut values: Vec<usize>) -> Vec<usize> {
     values.sort_unstable();
     values.dedup();
     values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SseRow;
+
+    fn row(opened: usize, p99_us: u64, kib: f64, after: f64) -> SseRow {
+        SseRow {
+            streams: 1000,
+            interval_ms: 1000,
+            target: "kestra-edge",
+            opened,
+            events: opened as u64 * 4,
+            p50_us: p99_us / 10,
+            p99_us,
+            kib_per_stream: Some(kib),
+            open_at_rss_read: Some(opened),
+            kib_per_stream_after_close: Some(after),
+        }
+    }
+
+    #[test]
+    fn a_row_keeps_the_lowest_delay_and_the_highest_memory_of_its_rounds() {
+        let mut kept = row(1000, 2000, 7.5, 1.0);
+        kept.keep_best(&row(1000, 900, 7.9, 0.5));
+        kept.keep_best(&row(1000, 1500, 7.0, 2.0));
+        assert_eq!((kept.p99_us, kept.p50_us, kept.events), (900, 90, 4000));
+        assert_eq!(kept.kib_per_stream, Some(7.9));
+        assert_eq!(kept.kib_per_stream_after_close, Some(2.0));
+    }
+
+    #[test]
+    fn a_round_that_opened_fewer_streams_never_gives_the_delay() {
+        let mut kept = row(1000, 2000, 7.5, 1.0);
+        kept.keep_best(&row(990, 100, 8.0, 1.0));
+        assert_eq!((kept.opened, kept.p99_us), (1000, 2000));
+        // Its memory still counts, with the open streams it was read at.
+        assert_eq!(
+            (kept.kib_per_stream, kept.open_at_rss_read),
+            (Some(8.0), Some(990))
+        );
+        let mut short = row(990, 100, 8.0, 1.0);
+        short.keep_best(&row(1000, 2000, 7.5, 1.0));
+        assert_eq!(
+            (short.opened, short.p99_us, short.events),
+            (1000, 2000, 4000)
+        );
+    }
 }
