@@ -243,9 +243,14 @@ pub fn parse_head(
         }
         let bytes = buf.split_to(len).freeze();
         let mut headers = recycle::header_map(count);
+        // Which of the names the framing reads are there at all: a lookup of an absent name
+        // costs a hash and a probe, and most responses lack `Transfer-Encoding` and
+        // `Connection`.
+        let mut present = Present::default();
         for span in &spans[..count] {
             let name = bytes.get(span.name()).ok_or(H1Error::Head)?;
             let name = HeaderName::from_bytes(name).map_err(|_| H1Error::Head)?;
+            present.note(&name);
             let value = span.value();
             if value.end > bytes.len() {
                 return Err(H1Error::Head);
@@ -254,8 +259,9 @@ pub fn parse_head(
                 HeaderValue::from_maybe_shared(bytes.slice(value)).map_err(|_| H1Error::Head)?;
             headers.append(name, value);
         }
-        let framing = framing(status, version, &headers, head_request)?;
-        let keep_alive = framing != Framing::Close && keeps_alive(version, &headers);
+        let framing = framing(status, version, &headers, present, head_request)?;
+        let keep_alive =
+            framing != Framing::Close && keeps_alive(version, &headers, present.connection);
         return Ok(Some(Head {
             status,
             version,
@@ -266,12 +272,30 @@ pub fn parse_head(
     }
 }
 
+/// Which of the fields that frame a response a head has.
+#[derive(Debug, Clone, Copy, Default)]
+struct Present {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl Present {
+    fn note(&mut self, name: &HeaderName) {
+        self.transfer_encoding |= name == TRANSFER_ENCODING;
+        self.content_length |= name == CONTENT_LENGTH;
+        self.connection |= name == CONNECTION;
+    }
+}
+
 /// RFC 9112 §6.3, strictly: CL with TE, an invalid or conflicting CL, and any TE but
-/// exactly `chunked` are refused rather than guessed at.
+/// exactly `chunked` are refused rather than guessed at. `present` says which of the
+/// framing fields `headers` has.
 fn framing(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    present: Present,
     head_request: bool,
 ) -> Result<Framing, H1Error> {
     // Nothing frames a body that cannot exist, so nothing is checked (as hyper does): a
@@ -279,17 +303,16 @@ fn framing(
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    let mut encodings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if encodings.peek().is_some() {
+    if present.transfer_encoding {
         // Whatever the length says, valid or not: both framings at once is refused.
-        if headers.contains_key(CONTENT_LENGTH) {
+        if present.content_length {
             return Err(H1Error::LengthAndEncoding);
         }
         if version == Version::HTTP_10 {
             return Err(H1Error::TransferEncoding);
         }
         let mut chunked = false;
-        for value in encodings {
+        for value in headers.get_all(TRANSFER_ENCODING) {
             for coding in value.as_bytes().split(|&b| b == b',') {
                 let coding = trim(coding);
                 if coding.is_empty() {
@@ -306,6 +329,9 @@ fn framing(
             return Err(H1Error::TransferEncoding);
         }
         return Ok(Framing::Chunked);
+    }
+    if !present.content_length {
+        return Ok(Framing::Close);
     }
     Ok(match content_length(headers)? {
         Some(0) => Framing::Empty,
@@ -334,15 +360,17 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
     Ok(length)
 }
 
-/// Whether the connection stays open after this response (RFC 9112 §9.3).
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+/// Whether the connection stays open after this response (RFC 9112 §9.3); `connection`:
+/// whether it has a `Connection` field at all.
+fn keeps_alive(version: Version, headers: &HeaderMap, connection: bool) -> bool {
     let has = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(token))
-        })
+        connection
+            && headers.get_all(CONNECTION).iter().any(|value| {
+                value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(token))
+            })
     };
     match version {
         Version::HTTP_11 => !has(b"close"),
