@@ -365,7 +365,10 @@ where
         }
         let tls = req.extensions().get::<TlsConnection>().is_some();
         let view = ClientView::resolve(&self.config, req.headers_mut(), peer, host, tls);
-        if self.config.request_id_trust && !peer.is_some_and(|p| self.config.is_trusted(p)) {
+        if view.request_id
+            && self.config.request_id_trust
+            && !peer.is_some_and(|p| self.config.is_trusted(p))
+        {
             req.headers_mut().remove(X_REQUEST_ID);
         }
         let client = view
@@ -508,6 +511,8 @@ struct ClientView {
     host: Option<Host>,
     /// The port the client addressed, when known; else the scheme's default.
     port: Option<u16>,
+    /// Whether the request carries `X-Request-Id` (seen while the claims were looked for).
+    request_id: bool,
 }
 
 impl ClientView {
@@ -528,6 +533,7 @@ impl ClientView {
             scheme: if tls { Scheme::Https } else { config.scheme },
             host,
             port: None,
+            request_id: false,
         };
         if let Some(peer) = peer.filter(|&p| config.is_trusted(p)) {
             view.trust_hop(config, headers, peer);
@@ -537,7 +543,7 @@ impl ClientView {
         // X-Forwarded-Port and `Forwarded: host=` agree; else what a trusted hop reported;
         // else the scheme's default (as Traefik does).
         view.port = view.host.as_ref().and_then(|h| h.port).or(view.port);
-        remove_claims(headers);
+        view.request_id = remove_claims(headers);
         view
     }
 
@@ -712,13 +718,16 @@ fn append(text: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Range<usize> 
 /// Removes every claim a client could make: the [`CLAIMS`], and every header whose name has
 /// an underscore (`X_Forwarded_For`): some backends fold `_` into `-`, which would let a
 /// client smuggle the claims back in (nginx drops them too, `underscores_in_headers off`).
-fn remove_claims(headers: &mut HeaderMap) {
+///
+/// Says whether `X-Request-Id` is there, noted in the same look at the names.
+fn remove_claims(headers: &mut HeaderMap) -> bool {
     // One look at each name first: a browser's request holds none of them, and removing
     // each claim by name would hash all eight names.
-    let (mut claims, mut underscored) = (false, false);
+    let (mut claims, mut underscored, mut request_id) = (false, false, false);
     for name in headers.keys() {
         claims |= CLAIMS.contains(name);
         underscored |= has_underscore(name);
+        request_id |= name == X_REQUEST_ID;
     }
     if claims {
         for name in &CLAIMS {
@@ -735,6 +744,7 @@ fn remove_claims(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    request_id
 }
 
 /// Whether `name` has an underscore. Branch-free: every name of every request is looked at,
