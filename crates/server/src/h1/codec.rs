@@ -78,18 +78,17 @@ pub struct RequestInfo {
 /// line, or `None`. A head ends with an empty line, whatever its line endings (`\n\n` or
 /// `\n\r\n`); callers scan each byte once by passing where the last scan stopped.
 pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match buf.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
-            }
+    // Line feed to line feed with `memchr` (many bytes at a time), not byte by byte: the
+    // scan was 500 of a proxied GET's 26,000 instructions.
+    let rest = buf.get(from..)?;
+    memchr::memchr_iter(b'\n', rest).find_map(|at| {
+        let i = from + at;
+        match buf.get(i + 1) {
+            Some(b'\n') => Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+            _ => None,
         }
-        i += 1;
-    }
-    None
+    })
 }
 
 /// Where the next [`head_end`] scan of a buffer of `len` bytes should start: far enough back
@@ -734,6 +733,25 @@ mod tests {
         assert_eq!(head_end(split, 0), None);
         let whole = b"GET / HTTP/1.1\r\n\r\n";
         assert_eq!(head_end(whole, next_scan(split.len())), Some(18));
+    }
+
+    proptest::proptest! {
+        /// The scan finds what a plain walk over every byte finds, from any start.
+        #[test]
+        fn head_end_agrees_with_a_walk_over_every_byte(
+            buf in proptest::collection::vec(
+                proptest::sample::select(vec![b'\r', b'\n', b'a', b':', b' ']),
+                0..200,
+            ),
+            from in 0usize..220,
+        ) {
+            let walked = (from..buf.len()).find_map(|i| match (buf[i], buf.get(i + 1), buf.get(i + 2)) {
+                (b'\n', Some(b'\n'), _) => Some(i + 2),
+                (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
+                _ => None,
+            });
+            proptest::prop_assert_eq!(head_end(&buf, from), walked);
+        }
     }
 
     #[test]
