@@ -341,6 +341,63 @@ async fn a_pooled_connection_gone_silent_is_504_after_the_read_timeout() {
 }
 
 #[tokio::test]
+async fn idle_upstream_connections_past_the_limit_are_closed() {
+    // Four requests at once take four upstream connections (each first answer waits for
+    // all four to arrive); with `--upstream-max-idle 2`, two stay pooled and two close.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (waiting, counted) = (barrier.clone(), closed.clone());
+    let upstream = RawUpstream::start(move |mut stream| {
+        let (barrier, closed) = (waiting.clone(), counted.clone());
+        async move {
+            barrier.wait().await;
+            loop {
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if stream.write_all(answer).await.is_err() || !read_head(&mut stream).await {
+                    break;
+                }
+            }
+            closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .await;
+    let mut config = GatewayConfig::for_upstream(upstream.url());
+    config.upstream.max_idle = 2;
+    // One worker, one pool.
+    config.listener.workers = std::num::NonZeroUsize::MIN;
+    let gateway = RunningGateway::start(config).await;
+    let client = client();
+    let get = || async {
+        let response = client
+            .get(gateway.url("/kestra/api/v1/flows"))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    let ok = (reqwest::StatusCode::OK, "ok".to_owned());
+    let answers = tokio::time::timeout(
+        5 * SECOND,
+        futures_util::future::join_all((0..4).map(|_| get())),
+    )
+    .await
+    .expect("answered within 5 s");
+    assert!(answers.iter().all(|a| *a == ok), "{answers:?}");
+    assert_eq!(upstream.requests(), 4, "four upstream connections");
+    let count = || closed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(5 * SECOND, || count() == 2).await,
+        "{} upstream connections closed, not the two past the limit",
+        count()
+    );
+    // The two kept are reused: no new upstream connection.
+    assert_eq!(get().await, ok);
+    assert_eq!(get().await, ok);
+    assert_eq!(upstream.requests(), 4);
+    assert_eq!(count(), 2);
+}
+
+#[tokio::test]
 async fn silent_upstream_is_504_after_the_read_timeout() {
     // Accepts and reads the request, then never answers.
     let upstream = RawUpstream::start(|stream| async move {

@@ -257,6 +257,17 @@ impl KestraEdgeBuilder {
         self
     }
 
+    /// How many idle upstream connections each worker thread keeps pooled (default: no
+    /// limit); see [`ReverseProxyBuilder::pool_max_idle`]. The oldest idle one is closed
+    /// when another would pass the limit.
+    pub fn upstream_max_idle(mut self, max: usize) -> Self {
+        self.proxy = self.proxy.pool_max_idle(max);
+        self.settings
+            .0
+            .push(Arc::new(move |p| p.pool_max_idle(max)));
+        self
+    }
+
     /// See [`ReverseProxyBuilder::preserve_host`].
     pub fn preserve_host(mut self, preserve: bool) -> Self {
         self.proxy = self.proxy.preserve_host(preserve);

@@ -472,6 +472,7 @@ fn stack(config: &GatewayConfig) -> kestra_edge::KestraEdgeBuilder {
         .max_body(upstream.max_body)
         .max_uri(upstream.max_uri)
         .upstream_idle_timeout(upstream.idle_timeout)
+        .upstream_max_idle(upstream.max_idle)
         .body_timeout(upstream.body_timeout)
         .connect_timeout(upstream.connect_timeout)
         .read_timeout(upstream.read_timeout)

@@ -391,6 +391,7 @@ mod tests {
                 upstream = "https://kestra:8443"
                 upstream_ca = ["/f/ca.pem"]
                 read_timeout = "10m"
+                upstream_max_idle = 64
                 context_path = "/kestra"
             "#,
             &["--h2-max-streams", "16"],
@@ -410,7 +411,10 @@ mod tests {
         assert_eq!(c.upstream.url, "https://kestra:8443");
         assert_eq!(c.upstream.ca, [PathBuf::from("/f/ca.pem")]);
         assert_eq!(c.upstream.read_timeout, Duration::from_secs(600));
+        assert_eq!(c.upstream.max_idle, 64);
         assert_eq!(c.prefix.context_path.as_deref(), Some("/kestra"));
+        let c = with_file("upstream_max_idle = 64", &["--upstream-max-idle", "8"]).unwrap();
+        assert_eq!(c.upstream.max_idle, 8);
         let c = with_file("tls_self_signed = true", &[]).unwrap();
         assert!(c.tls.self_signed);
     }
@@ -576,6 +580,7 @@ mod tests {
             ("KESTRA_EDGE_AFFINITY", "cookie"),
             ("KESTRA_EDGE_AFFINITY_COOKIE", "envcookie"),
             ("KESTRA_EDGE_AFFINITY_KEY_FILE", "/env/key"),
+            ("KESTRA_EDGE_UPSTREAM_MAX_IDLE", "32"),
         ];
         for (name, value) in vars {
             std::env::set_var(name, value);
@@ -591,6 +596,7 @@ mod tests {
         assert_eq!(b.health_timeout, Duration::from_secs(1));
         assert_eq!((b.health_fails, b.health_passes, b.retries), (8, 9, 3));
         assert_eq!(b.dns_refresh, Some(Duration::from_secs(5)));
+        assert_eq!(c.upstream.max_idle, 32);
         assert_eq!(b.affinity, AffinityMode::Cookie);
         assert_eq!(b.affinity_cookie, "envcookie");
         assert_eq!(
@@ -607,6 +613,7 @@ mod tests {
         assert_eq!(c.upstream.url, "http://127.0.0.1:8080");
         assert_eq!(c.upstream.read_timeout, Duration::from_secs(600));
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.max_idle, 256);
         assert_eq!(c.upstream.host_header, HostHeader::Client);
         assert_eq!(c.prefix.context_path, None);
         assert_eq!(c.prefix.mode, PrefixModeArg::Keep);

@@ -8,6 +8,9 @@ use std::{path::PathBuf, time::Duration};
 
 const UPSTREAM: &str = "http://127.0.0.1:8080";
 
+/// Default of `--upstream-max-idle`: what nginx's `keepalive 256` keeps per worker.
+pub(super) const DEFAULT_UPSTREAM_MAX_IDLE: usize = 256;
+
 /// Which `Host` the upstream sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +54,11 @@ pub struct UpstreamArgs {
     /// How long an idle upstream connection stays pooled for reuse [default: 90s].
     #[arg(long, env = "KESTRA_EDGE_UPSTREAM_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub upstream_idle_timeout: Option<Duration>,
+    /// Most idle upstream connections each worker keeps pooled; the oldest is closed when
+    /// another would pass it, so a burst of streams does not leave thousands open at Kestra
+    /// (nginx's upstream keepalive) [default: 256].
+    #[arg(long, env = "KESTRA_EDGE_UPSTREAM_MAX_IDLE", value_name = "N")]
+    pub upstream_max_idle: Option<usize>,
     /// Longest time a client may leave its request body without sending a byte; then the
     /// upstream request is aborted and the client answered 408 (nginx's
     /// client_body_timeout) [default: 60s].
@@ -80,6 +88,7 @@ pub(super) struct UpstreamFile {
     read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     upstream_idle_timeout: Option<Duration>,
+    upstream_max_idle: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     body_timeout: Option<Duration>,
     max_body: Option<ByteSize>,
@@ -110,6 +119,8 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// See `--upstream-idle-timeout`.
     pub idle_timeout: Duration,
+    /// See `--upstream-max-idle`.
+    pub max_idle: usize,
     /// See `--body-timeout`.
     pub body_timeout: Duration,
     /// See `--max-body`, in bytes.
@@ -160,6 +171,10 @@ impl UpstreamConfig {
                 .upstream_idle_timeout
                 .or(file.upstream_idle_timeout)
                 .unwrap_or(defaults::DEFAULT_POOL_IDLE_TIMEOUT),
+            max_idle: args
+                .upstream_max_idle
+                .or(file.upstream_max_idle)
+                .unwrap_or(DEFAULT_UPSTREAM_MAX_IDLE),
             body_timeout: args
                 .body_timeout
                 .or(file.body_timeout)
