@@ -104,9 +104,9 @@ struct Cli {
     sse_streams: Vec<usize>,
     /// Rounds of each HTTP and SSE workload: the targets take their turns forward in the
     /// first round, backward in the second, and so on; the report keeps each target's best
-    /// round (HTTP: most requests per second; SSE: lowest delay p99, with the highest memory
-    /// per stream of all rounds, each round through proxies started afresh). Three is what
-    /// the performance targets are judged on.
+    /// round (HTTP: most requests per second; SSE, of the rounds with the most streams open
+    /// together: lowest delay p99 and highest memory per stream, each round through proxies
+    /// started afresh). Three is what the performance targets are judged on.
     #[arg(long, default_value = "1")]
     repeat: NonZeroUsize,
     /// Another kestra-edge-bench binary (a build of an earlier commit): its gateway is

@@ -119,30 +119,31 @@ impl SseRow {
         self.streams == streams && self.target == target
     }
 
-    /// Merges another round of the same row. The delays are the best round's: the one that
-    /// opened the most streams, and of those the lowest p99 (best of each, as with the
-    /// HTTP rows' requests per second). The memory figures are the worst round's, so that
+    /// Streams open together in the round: when the memory was read, else those opened.
+    fn concurrent(&self) -> usize {
+        self.open_at_rss_read.unwrap_or(self.opened)
+    }
+
+    /// Merges another round of the same row, keeping the round that held the most streams
+    /// open together (a round whose streams opened late, or not at all, measured less than
+    /// the row says), and of those: for the delays, the lowest p99 (best of each, as with
+    /// the HTTP rows' requests per second); for the memory, the highest per stream, so that
     /// a round that happened to read low does not hide one that read high.
     pub(crate) fn keep_best(&mut self, other: &SseRow) {
-        let worse = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        if other.kib_per_stream > self.kib_per_stream {
-            self.open_at_rss_read = other.open_at_rss_read;
-        }
-        self.kib_per_stream = worse(self.kib_per_stream, other.kib_per_stream);
-        self.kib_per_stream_after_close = worse(
-            self.kib_per_stream_after_close,
-            other.kib_per_stream_after_close,
-        );
-        if (other.opened, std::cmp::Reverse(other.p99_us))
-            > (self.opened, std::cmp::Reverse(self.p99_us))
-        {
+        let rank = |r: &SseRow| (r.concurrent(), r.opened);
+        let (mine, theirs) = (rank(self), rank(other));
+        if (theirs, std::cmp::Reverse(other.p99_us)) > (mine, std::cmp::Reverse(self.p99_us)) {
             self.opened = other.opened;
             self.events = other.events;
             self.p50_us = other.p50_us;
             self.p99_us = other.p99_us;
+        }
+        let memory = |r: &SseRow| (r.concurrent(), r.kib_per_stream.unwrap_or(f64::MIN));
+        let (mine, theirs) = (memory(self), memory(other));
+        if other.kib_per_stream.is_some() && (self.kib_per_stream.is_none() || theirs > mine) {
+            self.open_at_rss_read = other.open_at_rss_read;
+            self.kib_per_stream = other.kib_per_stream;
+            self.kib_per_stream_after_close = other.kib_per_stream_after_close;
         }
     }
 
@@ -670,25 +671,33 @@ mod tests {
         kept.keep_best(&row(1000, 900, 7.9, 0.5));
         kept.keep_best(&row(1000, 1500, 7.0, 2.0));
         assert_eq!((kept.p99_us, kept.p50_us, kept.events), (900, 90, 4000));
+        // The highest round's memory, with its own figure after close.
         assert_eq!(kept.kib_per_stream, Some(7.9));
-        assert_eq!(kept.kib_per_stream_after_close, Some(2.0));
+        assert_eq!(kept.kib_per_stream_after_close, Some(0.5));
     }
 
     #[test]
-    fn a_round_that_opened_fewer_streams_never_gives_the_delay() {
+    fn a_round_with_fewer_streams_open_together_gives_neither_delay_nor_memory() {
         let mut kept = row(1000, 2000, 7.5, 1.0);
-        kept.keep_best(&row(990, 100, 8.0, 1.0));
+        let mut late = row(1000, 100, 13.8, 3.0);
+        late.open_at_rss_read = Some(440);
+        kept.keep_best(&late);
         assert_eq!((kept.opened, kept.p99_us), (1000, 2000));
-        // Its memory still counts, with the open streams it was read at.
         assert_eq!(
             (kept.kib_per_stream, kept.open_at_rss_read),
-            (Some(8.0), Some(990))
+            (Some(7.5), Some(1000))
         );
-        let mut short = row(990, 100, 8.0, 1.0);
-        short.keep_best(&row(1000, 2000, 7.5, 1.0));
-        assert_eq!(
-            (short.opened, short.p99_us, short.events),
-            (1000, 2000, 4000)
-        );
+        late.keep_best(&row(1000, 2000, 7.5, 1.0));
+        assert_eq!((late.p99_us, late.kib_per_stream), (2000, Some(7.5)));
+        assert_eq!(late.open_at_rss_read, Some(1000));
+        // Without memory (the direct rows): the round that opened the most.
+        let mut direct = row(1000, 2000, 0.0, 0.0);
+        direct.kib_per_stream = None;
+        direct.open_at_rss_read = None;
+        let mut short = row(990, 100, 0.0, 0.0);
+        short.kib_per_stream = None;
+        short.open_at_rss_read = None;
+        direct.keep_best(&short);
+        assert_eq!((direct.opened, direct.p99_us), (1000, 2000));
     }
 }
