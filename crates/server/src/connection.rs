@@ -7,10 +7,13 @@ use crate::{
         self,
         conn::{Closing, Ended, Limits},
     },
-    transport::{Protocol, TlsConnection, Transport},
+    transport::{Accepted, Protocol, TlsConnection, Transport},
     LocalAddr, PeerAddr, Settings,
 };
-use futures_util::task::AtomicWaker;
+use futures_util::{
+    future::{self, FutureExt},
+    task::AtomicWaker,
+};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{
@@ -38,6 +41,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::{watch, Notify},
     time::{sleep, sleep_until, Instant},
@@ -171,7 +175,22 @@ where
 {
     /// Runs the connection to its end; true when it ended on a request head over the limits
     /// (answered 431 or 414 by hyper).
-    pub(crate) async fn run(self) -> bool {
+    ///
+    /// The handshake and the watched connection are two futures, one after the other in one
+    /// enum ([`FutureExt::then`]): the task is as large as the larger of the two. One `async
+    /// fn` for both kept a slot for every value it moved along (2,680 bytes for the
+    /// gateway's task, where the watched connection needs about 1,000), and a quiet
+    /// keep-alive connection or SSE stream holds its task for as long as it is open.
+    pub(crate) fn run(self) -> impl Future<Output = bool> + Send {
+        self.accept().then(|open| match open {
+            Some(open) => future::Either::Left(open.serve::<T>()),
+            None => future::Either::Right(future::ready(false)),
+        })
+    }
+
+    /// The handshake (TLS, or none), under the header timeout; `None` when the connection
+    /// ends there.
+    fn accept(self) -> impl Future<Output = Option<Open<T::Io, S>>> + Send {
         let Self {
             transport,
             tcp,
@@ -185,37 +204,82 @@ where
         // The handshake and the first request share the header timeout (slowloris, TLS
         // stalls, hyper-util's protocol sniffing, which has no deadline of its own).
         let deadline = Instant::now() + settings.header_read_timeout;
-        let accepted = tokio::select! {
-            accepted = tokio::time::timeout_at(deadline, transport.accept(tcp, peer)) => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return false,
-        };
-        let accepted = match accepted {
-            Ok(Ok(Some(accepted))) => accepted,
-            Ok(Ok(None)) => return false,
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, error = %err, "handshake failed");
-                return false;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "handshake not done within the header timeout: closed");
-                return false;
-            }
-        };
-        let state = Arc::new(ConnState::default());
-        let service = ConnectionService {
-            inner: service,
-            peer: PeerAddr(peer),
-            local: LocalAddr(local),
-            tls: accepted.tls,
-            state: state.clone(),
-        };
-        let watch = Watch {
-            state,
-            deadline,
-            idle: settings.h2_idle_timeout,
-            shutdown,
-            peer,
-        };
+        async move {
+            let accepted = tokio::select! {
+                accepted = tokio::time::timeout_at(deadline, transport.accept(tcp, peer)) => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => return None,
+            };
+            let accepted = match accepted {
+                Ok(Ok(Some(accepted))) => accepted,
+                Ok(Ok(None)) => return None,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "handshake not done within the header timeout: closed");
+                    return None;
+                }
+            };
+            let state = Arc::new(ConnState::default());
+            let service = ConnectionService {
+                inner: service,
+                peer: PeerAddr(peer),
+                local: LocalAddr(local),
+                tls: accepted.tls,
+                state: state.clone(),
+            };
+            let watch = Watch {
+                state,
+                deadline,
+                idle: settings.h2_idle_timeout,
+                shutdown,
+                peer,
+            };
+            Some(Open {
+                accepted,
+                service,
+                watch,
+                builders,
+                settings,
+            })
+        }
+    }
+}
+
+/// A connection past its handshake, ready to serve HTTP.
+struct Open<Io, S> {
+    accepted: Accepted<Io>,
+    service: ConnectionService<S>,
+    watch: Watch,
+    builders: Arc<Builders>,
+    settings: Settings,
+}
+
+impl<Io, S, B> Open<Io, S>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Serves HTTP on the connection, watched, to its end: the own codec on plain TCP, else
+    /// hyper. The own codec's watched future is built here rather than awaited in an `async
+    /// fn` (which would keep a slot for each value moved along).
+    fn serve<T: Transport<Io = Io>>(self) -> impl Future<Output = bool> + Send {
+        use future::Either::{Left, Right};
+        let Self {
+            accepted,
+            service,
+            watch,
+            builders,
+            settings,
+        } = self;
         let io = match (accepted.protocol, settings.own_http1) {
             (Protocol::Sniff, true) => match T::into_tcp(accepted.io) {
                 Ok(tcp) => {
@@ -224,8 +288,8 @@ where
                         max_header_bytes: settings.max_header_bytes,
                         header_read_timeout: settings.header_read_timeout,
                     };
-                    let conn = own_connection(tcp, service, builders, limits, deadline);
-                    return watch.drive(conn).await;
+                    let conn = own_connection(tcp, service, builders, limits, watch.deadline);
+                    return Left(watch.drive(conn));
                 }
                 Err(io) => io,
             },
@@ -233,21 +297,24 @@ where
         };
         let io = TokioIo::new(io);
         let service = TowerToHyperService::new(service);
-        // Boxed like the own codec's state: the task's size is that of its largest branch.
-        match accepted.protocol {
-            Protocol::Sniff => {
-                let conn = builders.sniff.serve_connection_with_upgrades(io, service);
-                watch.drive(Box::pin(conn)).await
+        // hyper's connections borrow their builder: the future owns it, boxed, so that it
+        // does not make every connection's task larger.
+        Right(Box::pin(async move {
+            match accepted.protocol {
+                Protocol::Sniff => {
+                    let conn = builders.sniff.serve_connection_with_upgrades(io, service);
+                    watch.drive(Box::pin(conn)).await
+                }
+                Protocol::Http1 => {
+                    let conn = builders.http1.serve_connection(io, service).with_upgrades();
+                    watch.drive(Box::pin(conn)).await
+                }
+                Protocol::Http2 => {
+                    let conn = builders.http2.serve_connection(io, service);
+                    watch.drive(Box::pin(conn)).await
+                }
             }
-            Protocol::Http1 => {
-                let conn = builders.http1.serve_connection(io, service).with_upgrades();
-                watch.drive(Box::pin(conn)).await
-            }
-            Protocol::Http2 => {
-                let conn = builders.http2.serve_connection(io, service);
-                watch.drive(Box::pin(conn)).await
-            }
-        }
+        }))
     }
 }
 
@@ -720,5 +787,79 @@ impl<B: Body> Body for ActiveBody<B> {
     #[inline]
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PlainTcp;
+    use tokio::net::TcpListener;
+
+    type Answer = std::future::Ready<Result<Response<String>, Infallible>>;
+    type TestService = tower::util::ServiceFn<fn(Request<IncomingBody>) -> Answer>;
+
+    fn answer(_: Request<IncomingBody>) -> Answer {
+        std::future::ready(Ok(Response::new(String::new())))
+    }
+
+    async fn connection() -> (Connection<PlainTcp, TestService>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let settings = Settings::default();
+        let service: TestService = tower::service_fn(answer as fn(_) -> _);
+        let (_stop, shutdown) = watch::channel(false);
+        let connection = Connection {
+            transport: PlainTcp,
+            tcp,
+            peer,
+            local: addr,
+            service,
+            builders: Arc::new(Builders::new(&settings)),
+            settings,
+            shutdown,
+        };
+        (connection, client)
+    }
+
+    /// A quiet keep-alive connection or SSE stream holds its task while open: the task is
+    /// the larger of its two phases, not both (as one `async fn` made it).
+    #[tokio::test]
+    async fn the_task_is_as_large_as_its_larger_phase() {
+        let (first, _client) = connection().await;
+        let accepting = std::mem::size_of_val(&first.accept());
+        let (second, _client) = connection().await;
+        let open = Open {
+            accepted: Accepted {
+                io: second.tcp,
+                protocol: Protocol::Sniff,
+                tls: false,
+            },
+            service: ConnectionService {
+                inner: second.service,
+                peer: PeerAddr(second.peer),
+                local: LocalAddr(second.local),
+                tls: false,
+                state: Arc::default(),
+            },
+            watch: Watch {
+                state: Arc::default(),
+                deadline: Instant::now(),
+                idle: None,
+                shutdown: second.shutdown,
+                peer: second.peer,
+            },
+            builders: second.builders,
+            settings: second.settings,
+        };
+        let serving = std::mem::size_of_val(&open.serve::<PlainTcp>());
+        let (third, _client) = connection().await;
+        let task = std::mem::size_of_val(&third.run());
+        assert!(
+            task <= accepting.max(serving) + 32,
+            "task {task} bytes, phases {accepting} and {serving}"
+        );
     }
 }

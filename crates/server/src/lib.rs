@@ -53,6 +53,7 @@
 //! ```
 
 use connection::{Builders, Connection};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use std::{
     convert::Infallible,
@@ -351,12 +352,15 @@ impl<T: Transport> Server<T> {
                 settings,
                 shutdown: stopped.clone(),
             };
-            tasks.spawn(async move {
-                if connection.run().await {
+            // A combinator, not an `async` block: a block awaiting the connection's future
+            // would keep a second slot of its size in the task.
+            let task = connection.run().map(move |heads_too_large| {
+                if heads_too_large {
                     guard.0.heads_too_large.fetch_add(1, Ordering::Relaxed);
                 }
                 drop(guard);
             });
+            tasks.spawn(task);
         }
 
         drop(self.listener);
