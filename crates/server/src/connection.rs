@@ -41,7 +41,6 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::{watch, Notify},
     time::{sleep, sleep_until, Instant},
@@ -183,7 +182,7 @@ where
     /// keep-alive connection or SSE stream holds its task for as long as it is open.
     pub(crate) fn run(self) -> impl Future<Output = bool> + Send {
         self.accept().then(|open| match open {
-            Some(open) => future::Either::Left(open.serve::<T>()),
+            Some(open) => future::Either::Left(Self::serve(open)),
             None => future::Either::Right(future::ready(false)),
         })
     }
@@ -245,41 +244,19 @@ where
             })
         }
     }
-}
 
-/// A connection past its handshake, ready to serve HTTP.
-struct Open<Io, S> {
-    accepted: Accepted<Io>,
-    service: ConnectionService<S>,
-    watch: Watch,
-    builders: Arc<Builders>,
-    settings: Settings,
-}
-
-impl<Io, S, B> Open<Io, S>
-where
-    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
     /// Serves HTTP on the connection, watched, to its end: the own codec on plain TCP, else
     /// hyper. The own codec's watched future is built here rather than awaited in an `async
     /// fn` (which would keep a slot for each value moved along).
-    fn serve<T: Transport<Io = Io>>(self) -> impl Future<Output = bool> + Send {
+    fn serve(open: Open<T::Io, S>) -> impl Future<Output = bool> + Send {
         use future::Either::{Left, Right};
-        let Self {
+        let Open {
             accepted,
             service,
             watch,
             builders,
             settings,
-        } = self;
+        } = open;
         let io = match (accepted.protocol, settings.own_http1) {
             (Protocol::Sniff, true) => match T::into_tcp(accepted.io) {
                 Ok(tcp) => {
@@ -316,6 +293,15 @@ where
             }
         }))
     }
+}
+
+/// A connection past its handshake, ready to serve HTTP.
+struct Open<Io, S> {
+    accepted: Accepted<Io>,
+    service: ConnectionService<S>,
+    watch: Watch,
+    builders: Arc<Builders>,
+    settings: Settings,
 }
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -854,7 +840,7 @@ mod tests {
             builders: second.builders,
             settings: second.settings,
         };
-        let serving = std::mem::size_of_val(&open.serve::<PlainTcp>());
+        let serving = std::mem::size_of_val(&Connection::<PlainTcp, TestService>::serve(open));
         let (third, _client) = connection().await;
         let task = std::mem::size_of_val(&third.run());
         assert!(
