@@ -3,7 +3,7 @@
 use crate::{certs::provider, reload::CertStore, TlsError};
 use kestra_edge_server::{Accepted, Protocol, Transport};
 use rustls::{version, ServerConfig};
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -70,30 +70,36 @@ impl TlsAcceptor {
 impl Transport for TlsAcceptor {
     type Io = TlsStream<TcpStream>;
 
-    async fn accept(
+    /// Boxed: the handshake's state (rustls's connection and its buffers) is several KB, and
+    /// the server's connection task is as large as its largest phase for as long as the
+    /// connection is open; boxed, the handshake's memory is freed once it is done.
+    fn accept(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> io::Result<Option<Accepted<Self::Io>>> {
-        let mut first = [0u8; 1];
-        if tcp.peek(&mut first).await? == 0 {
-            return Ok(None);
-        }
-        if first[0] != TLS_HANDSHAKE_RECORD {
-            tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
-            refuse_plain_http(tcp).await;
-            return Ok(None);
-        }
-        let stream = self.acceptor.accept(tcp).await?;
-        let protocol = match stream.get_ref().1.alpn_protocol() {
-            Some(b"h2") => Protocol::Http2,
-            _ => Protocol::Http1,
-        };
-        Ok(Some(Accepted {
-            io: stream,
-            protocol,
-            tls: true,
-        }))
+    ) -> impl Future<Output = io::Result<Option<Accepted<Self::Io>>>> + Send {
+        let acceptor = self.acceptor.clone();
+        Box::pin(async move {
+            let mut first = [0u8; 1];
+            if tcp.peek(&mut first).await? == 0 {
+                return Ok(None);
+            }
+            if first[0] != TLS_HANDSHAKE_RECORD {
+                tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
+                refuse_plain_http(tcp).await;
+                return Ok(None);
+            }
+            let stream = acceptor.accept(tcp).await?;
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            Ok(Some(Accepted {
+                io: stream,
+                protocol,
+                tls: true,
+            }))
+        })
     }
 }
 
@@ -119,6 +125,26 @@ async fn refuse_plain_http(mut tcp: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::self_signed;
+
+    /// The server's connection task is as large as its largest phase while the connection
+    /// is open: the handshake's state must not be part of it.
+    #[tokio::test]
+    async fn the_handshake_is_boxed() {
+        let acceptor = TlsAcceptor::new(CertStore::new(
+            self_signed(&["localhost"]).unwrap().certified,
+        ))
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let accepting = acceptor.accept(tcp, peer);
+        assert_eq!(
+            std::mem::size_of_val(&accepting),
+            std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn the_plain_http_answer_is_well_framed() {
