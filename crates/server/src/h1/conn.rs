@@ -139,155 +139,161 @@ pub(crate) enum Ended {
 
 /// Serves `tcp` until it closes, or until a request the codec does not take; `first` is
 /// the deadline of the first request head.
-pub(crate) async fn serve<S, B>(
+///
+/// A plain `fn` returning its `async` block, which uses the arguments where they are: an
+/// `async fn` would copy each into a second slot of the connection's state.
+#[allow(clippy::manual_async_fn)] // See above: an `async fn` copies its arguments.
+pub(crate) fn serve<'a, S, B>(
     mut tcp: TcpStream,
-    service: &mut S,
+    service: &'a mut S,
     limits: Limits,
-    closing: &Closing,
+    closing: &'a Closing,
     first: Instant,
-) -> Ended
+) -> impl Future<Output = Ended> + 'a
 where
     S: Service<Request<IncomingBody>, Response = Response<ActiveBody<B>>, Error = Infallible>,
-    B: Body,
+    B: Body + 'a,
     B::Error: Into<BoxError>,
 {
-    let mut read: Vec<u8> = Vec::new();
-    let mut scanned = 0;
-    let mut served = false;
-    let timer = pin!(sleep_until(first));
-    let mut deadline = Deadline::new(timer);
-    // The service's future, boxed once and reused while requests come quickly; freed when a
-    // response streams (an SSE stream keeps nothing of it).
-    let mut slot: Option<Pin<Box<Option<S::Future>>>> = None;
-    loop {
-        // A request head.
-        let (request, info, len) = loop {
-            if read.is_empty() {
-                if closing.is_closing() {
-                    return Ended::Done;
-                }
-            } else {
-                // Only a connection's first bytes can be the HTTP/2 preface; `None`: too few
-                // to tell yet.
-                let h2 = if served {
-                    Some(false)
+    async move {
+        let mut read: Vec<u8> = Vec::new();
+        let mut scanned = 0;
+        let mut served = false;
+        let timer = pin!(sleep_until(first));
+        let mut deadline = Deadline::new(timer);
+        // The service's future, boxed once and reused while requests come quickly; freed when a
+        // response streams (an SSE stream keeps nothing of it).
+        let mut slot: Option<Pin<Box<Option<S::Future>>>> = None;
+        loop {
+            // A request head.
+            let (request, info, len) = loop {
+                if read.is_empty() {
+                    if closing.is_closing() {
+                        return Ended::Done;
+                    }
                 } else {
-                    codec::h2_preface(&read)
-                };
-                match h2 {
-                    Some(true) => return hand_over(tcp, &mut read, true),
-                    None => {}
-                    Some(false) => {
-                        if let Some(end) = codec::head_end(&read, scanned) {
-                            let head = &read[..end];
-                            match codec::parse_head(
-                                head,
-                                limits.max_headers,
-                                limits.max_header_bytes,
-                            ) {
-                                Parsed::Request { request, info, len } => {
-                                    break (request, info, len)
-                                }
-                                Parsed::Partial | Parsed::Hyper => {
-                                    return hand_over(tcp, &mut read, false);
+                    // Only a connection's first bytes can be the HTTP/2 preface; `None`: too few
+                    // to tell yet.
+                    let h2 = if served {
+                        Some(false)
+                    } else {
+                        codec::h2_preface(&read)
+                    };
+                    match h2 {
+                        Some(true) => return hand_over(tcp, &mut read, true),
+                        None => {}
+                        Some(false) => {
+                            if let Some(end) = codec::head_end(&read, scanned) {
+                                let head = &read[..end];
+                                match codec::parse_head(
+                                    head,
+                                    limits.max_headers,
+                                    limits.max_header_bytes,
+                                ) {
+                                    Parsed::Request { request, info, len } => {
+                                        break (request, info, len)
+                                    }
+                                    Parsed::Partial | Parsed::Hyper => {
+                                        return hand_over(tcp, &mut read, false);
+                                    }
                                 }
                             }
-                        }
-                        scanned = codec::next_scan(read.len());
-                        if read.len() > limits.max_header_bytes {
-                            // hyper answers 431 (or 414).
-                            return hand_over(tcp, &mut read, false);
+                            scanned = codec::next_scan(read.len());
+                            if read.len() > limits.max_header_bytes {
+                                // hyper answers 431 (or 414).
+                                return hand_over(tcp, &mut read, false);
+                            }
                         }
                     }
                 }
-            }
-            if !wait_for_bytes(&tcp, &mut read, &mut deadline, closing).await {
-                return Ended::Done;
-            }
-        };
-        served = true;
-        read.drain(..len);
-        scanned = 0;
-        if read.is_empty() {
-            pool::give(&mut read);
-        }
-
-        // The service's answer, unless the client leaves first.
-        if let Err(never) = poll_fn(|cx| service.poll_ready(cx)).await {
-            match never {}
-        }
-        let future = service.call(request.map(|()| IncomingBody::empty()));
-        let running = match &mut slot {
-            Some(running) => {
-                running.as_mut().set(Some(future));
-                running
-            }
-            None => slot.insert(Box::pin(Some(future))),
-        };
-        // The head is written as soon as the answer comes, and only the body is kept, pinned
-        // once: the response and its parts end in this block, so the connection's state holds
-        // one copy of the body and nothing else of the response.
-        let keep_alive = info.keep_alive && !closing.is_closing();
-        let mut out: Vec<u8>;
-        let encoded;
-        let mut body = pin!({
-            let answer = poll_fn(|cx| match running.as_mut().as_pin_mut() {
-                Some(future) => future.poll(cx),
-                None => Poll::Pending,
-            });
-            let answer = tokio::select! {
-                biased;
-                answer = answer => answer,
-                () = client_gone(&tcp, &mut read, limits.max_header_bytes) => return Ended::Done,
+                if !wait_for_bytes(&tcp, &mut read, &mut deadline, closing).await {
+                    return Ended::Done;
+                }
             };
-            running.as_mut().set(None);
-            let Ok(response) = answer;
-            let (parts, body) = response.into_parts();
-            out = pool::take();
-            encoded = codec::encode_head(
-                parts.status,
-                parts.version,
-                &parts.headers,
-                BodyLength::of(&body),
-                info,
-                keep_alive,
-                &mut out,
-            );
-            // Written: the map goes back to the thread's for the next head.
-            recycle::give_header_map(parts.headers);
-            body
-        });
-        let written = match encoded {
-            Ok(encoded) => {
-                let sent = respond(
-                    &tcp,
-                    body.as_mut(),
-                    encoded,
+            served = true;
+            read.drain(..len);
+            scanned = 0;
+            if read.is_empty() {
+                pool::give(&mut read);
+            }
+
+            // The service's answer, unless the client leaves first.
+            if let Err(never) = poll_fn(|cx| service.poll_ready(cx)).await {
+                match never {}
+            }
+            let future = service.call(request.map(|()| IncomingBody::empty()));
+            let running = match &mut slot {
+                Some(running) => {
+                    running.as_mut().set(Some(future));
+                    running
+                }
+                None => slot.insert(Box::pin(Some(future))),
+            };
+            // The head is written as soon as the answer comes, and only the body is kept, pinned
+            // once: the response and its parts end in this block, so the connection's state holds
+            // one copy of the body and nothing else of the response.
+            let keep_alive = info.keep_alive && !closing.is_closing();
+            let mut out: Vec<u8>;
+            let encoded;
+            let mut body = pin!({
+                let answer = poll_fn(|cx| match running.as_mut().as_pin_mut() {
+                    Some(future) => future.poll(cx),
+                    None => Poll::Pending,
+                });
+                let answer = tokio::select! {
+                    biased;
+                    answer = answer => answer,
+                    () = client_gone(&tcp, &mut read, limits.max_header_bytes) => return Ended::Done,
+                };
+                running.as_mut().set(None);
+                let Ok(response) = answer;
+                let (parts, body) = response.into_parts();
+                out = pool::take();
+                encoded = codec::encode_head(
+                    parts.status,
+                    parts.version,
+                    &parts.headers,
+                    BodyLength::of(&body),
+                    info,
+                    keep_alive,
                     &mut out,
-                    &mut read,
-                    limits,
-                    &mut slot,
                 );
-                sent.await
+                // Written: the map goes back to the thread's for the next head.
+                recycle::give_header_map(parts.headers);
+                body
+            });
+            let written = match encoded {
+                Ok(encoded) => {
+                    let sent = respond(
+                        &tcp,
+                        body.as_mut(),
+                        encoded,
+                        &mut out,
+                        &mut read,
+                        limits,
+                        &mut slot,
+                    );
+                    sent.await
+                }
+                Err(err) => refuse(&tcp, err, info, &mut out).await,
+            };
+            pool::give(&mut out);
+            match written {
+                Ok(true) => {}
+                Ok(false) => {
+                    pool::give(&mut read);
+                    // The response is whole: a FIN after it, as hyper closes.
+                    let _ = poll_fn(|cx| Pin::new(&mut tcp).poll_shutdown(cx)).await;
+                    return Ended::Done;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "HTTP/1.1 response not written whole: closed");
+                    pool::give(&mut read);
+                    return Ended::Done;
+                }
             }
-            Err(err) => refuse(&tcp, err, info, &mut out).await,
-        };
-        pool::give(&mut out);
-        match written {
-            Ok(true) => {}
-            Ok(false) => {
-                pool::give(&mut read);
-                // The response is whole: a FIN after it, as hyper closes.
-                let _ = poll_fn(|cx| Pin::new(&mut tcp).poll_shutdown(cx)).await;
-                return Ended::Done;
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, "HTTP/1.1 response not written whole: closed");
-                pool::give(&mut read);
-                return Ended::Done;
-            }
+            deadline.set(after(limits.header_read_timeout));
         }
-        deadline.set(after(limits.header_read_timeout));
     }
 }
 
@@ -426,124 +432,132 @@ async fn refuse(
 
 /// Writes the head in `out` and the body after it; `Ok(true)` when the connection may carry
 /// another request.
-async fn respond<B, F>(
-    tcp: &TcpStream,
-    mut body: Pin<&mut ActiveBody<B>>,
-    Encoded { framing, last }: Encoded,
-    out: &mut Vec<u8>,
-    read: &mut Vec<u8>,
+///
+/// A plain `fn` returning its `async` block, as [`serve`] is.
+#[allow(clippy::manual_async_fn)] // See above: an `async fn` copies its arguments.
+fn respond<'a, B, F>(
+    tcp: &'a TcpStream,
+    mut body: Pin<&'a mut ActiveBody<B>>,
+    encoded: Encoded,
+    out: &'a mut Vec<u8>,
+    read: &'a mut Vec<u8>,
     limits: Limits,
-    slot: &mut Option<Pin<Box<Option<F>>>>,
-) -> io::Result<bool>
+    slot: &'a mut Option<Pin<Box<Option<F>>>>,
+) -> impl Future<Output = io::Result<bool>> + 'a
 where
-    B: Body,
+    B: Body + 'a,
     B::Error: Into<BoxError>,
+    F: 'a,
 {
-    let mut remaining = match framing {
-        Framing::Length(len) => len,
-        Framing::Chunked(_) | Framing::Close => u64::MAX,
-    };
-    let mut trailers: Option<HeaderMap> = None;
-    if remaining == 0 {
-        // A HEAD, 204 or 304 answer, or an empty body: the body is not read (as hyper).
-        body.as_mut().finish();
-    }
-    let mut complete = remaining == 0;
-    while !complete {
-        let polled = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
-        let frame = match polled.map(settle) {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                // Nothing more for now: what is written goes out, the buffers go back, and
-                // the client is watched while the body waits (a quiet SSE stream).
-                flush(tcp, out).await?;
-                pool::give(out);
-                *slot = None;
-                let next = poll_fn(|cx| body.as_mut().poll_frame(cx));
-                tokio::select! {
-                    biased;
-                    frame = next => settle(frame),
-                    () = client_gone(tcp, read, limits.max_header_bytes) => return Ok(false),
-                }
-            }
+    async move {
+        let Encoded { framing, last } = encoded;
+        let mut remaining = match framing {
+            Framing::Length(len) => len,
+            Framing::Chunked(_) | Framing::Close => u64::MAX,
         };
-        match frame {
-            None => {
-                if let Framing::Chunked(allowed) = &framing {
-                    ensure(out);
-                    codec::chunked_end(out, allowed.as_deref(), trailers.as_ref());
-                } else if remaining != u64::MAX && remaining != 0 {
-                    // The body ended short of its Content-Length: the client must not take
-                    // the next bytes for this response.
+        // Boxed: rare, and the map would otherwise sit in every streaming connection's state.
+        let mut trailers: Option<Box<HeaderMap>> = None;
+        if remaining == 0 {
+            // A HEAD, 204 or 304 answer, or an empty body: the body is not read (as hyper).
+            body.as_mut().finish();
+        }
+        let mut complete = remaining == 0;
+        while !complete {
+            let polled = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+            let frame = match polled.map(settle) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // Nothing more for now: what is written goes out, the buffers go back, and
+                    // the client is watched while the body waits (a quiet SSE stream).
+                    flush(tcp, out).await?;
+                    pool::give(out);
+                    *slot = None;
+                    let next = poll_fn(|cx| body.as_mut().poll_frame(cx));
+                    tokio::select! {
+                        biased;
+                        frame = next => settle(frame),
+                        () = client_gone(tcp, read, limits.max_header_bytes) => return Ok(false),
+                    }
+                }
+            };
+            match frame {
+                None => {
+                    if let Framing::Chunked(allowed) = &framing {
+                        ensure(out);
+                        codec::chunked_end(out, allowed.as_deref(), trailers.as_deref());
+                    } else if remaining != u64::MAX && remaining != 0 {
+                        // The body ended short of its Content-Length: the client must not take
+                        // the next bytes for this response.
+                        flush(tcp, out).await?;
+                        return Ok(false);
+                    }
+                    complete = true;
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "response body failed: transfer aborted");
                     flush(tcp, out).await?;
                     return Ok(false);
                 }
-                complete = true;
-            }
-            Some(Err(err)) => {
-                tracing::debug!(error = %err, "response body failed: transfer aborted");
-                flush(tcp, out).await?;
-                return Ok(false);
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    let mut len = data.remaining();
-                    if len == 0 {
-                        continue;
-                    }
-                    if let Framing::Length(_) = framing {
-                        // More than announced is cut, as hyper cuts it.
-                        len = len.min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                        remaining -= len as u64;
-                    }
-                    ensure(out);
-                    let chunked = matches!(framing, Framing::Chunked(_));
-                    if chunked {
-                        codec::chunk_header(out, len);
-                    }
-                    if len < COPY_BELOW {
-                        let mut left = len;
-                        while left > 0 {
-                            let chunk = data.chunk();
-                            let n = chunk.len().min(left);
-                            out.extend_from_slice(&chunk[..n]);
-                            data.advance(n);
-                            left -= n;
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut data) => {
+                        let mut len = data.remaining();
+                        if len == 0 {
+                            continue;
                         }
+                        if let Framing::Length(_) = framing {
+                            // More than announced is cut, as hyper cuts it.
+                            len = len.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                            remaining -= len as u64;
+                        }
+                        ensure(out);
+                        let chunked = matches!(framing, Framing::Chunked(_));
                         if chunked {
-                            out.extend_from_slice(b"\r\n");
+                            codec::chunk_header(out, len);
                         }
-                    } else {
-                        let bytes = data.copy_to_bytes(len);
-                        drop(data);
-                        let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
-                        write_all(
-                            tcp,
-                            &mut [IoSlice::new(out), IoSlice::new(&bytes), IoSlice::new(tail)],
-                        )
-                        .await?;
-                        out.clear();
+                        if len < COPY_BELOW {
+                            let mut left = len;
+                            while left > 0 {
+                                let chunk = data.chunk();
+                                let n = chunk.len().min(left);
+                                out.extend_from_slice(&chunk[..n]);
+                                data.advance(n);
+                                left -= n;
+                            }
+                            if chunked {
+                                out.extend_from_slice(b"\r\n");
+                            }
+                        } else {
+                            let bytes = data.copy_to_bytes(len);
+                            drop(data);
+                            let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
+                            write_all(
+                                tcp,
+                                &mut [IoSlice::new(out), IoSlice::new(&bytes), IoSlice::new(tail)],
+                            )
+                            .await?;
+                            out.clear();
+                        }
+                        if remaining == 0 {
+                            body.as_mut().finish();
+                            complete = true;
+                        } else if out.len() >= FLUSH_AT {
+                            flush(tcp, out).await?;
+                        }
                     }
-                    if remaining == 0 {
-                        body.as_mut().finish();
-                        complete = true;
-                    } else if out.len() >= FLUSH_AT {
-                        flush(tcp, out).await?;
+                    Err(frame) => {
+                        if let Ok(fields) = frame.into_trailers() {
+                            trailers = Some(Box::new(fields));
+                        }
                     }
-                }
-                Err(frame) => {
-                    if let Ok(fields) = frame.into_trailers() {
-                        trailers = Some(fields);
-                    }
-                }
-            },
+                },
+            }
         }
+        flush(tcp, out).await?;
+        if last || matches!(framing, Framing::Close) {
+            return Ok(false);
+        }
+        Ok(true)
     }
-    flush(tcp, out).await?;
-    if last || matches!(framing, Framing::Close) {
-        return Ok(false);
-    }
-    Ok(true)
 }
 
 /// A body frame with its error boxed (sendable, whatever the body's error type).
