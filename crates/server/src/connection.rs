@@ -274,21 +274,21 @@ where
         };
         let io = TokioIo::new(io);
         let service = TowerToHyperService::new(service);
-        // hyper's connections borrow their builder: the future owns it, boxed, so that it
-        // does not make every connection's task larger.
+        // hyper's connections borrow their builder: the future owns it, and is boxed (hyper's
+        // connection inside it), so that it does not make every connection's task larger.
         Right(Box::pin(async move {
             match accepted.protocol {
                 Protocol::Sniff => {
                     let conn = builders.sniff.serve_connection_with_upgrades(io, service);
-                    watch.drive(Box::pin(conn)).await
+                    watch.drive(conn).await
                 }
                 Protocol::Http1 => {
                     let conn = builders.http1.serve_connection(io, service).with_upgrades();
-                    watch.drive(Box::pin(conn)).await
+                    watch.drive(conn).await
                 }
                 Protocol::Http2 => {
                     let conn = builders.http2.serve_connection(io, service);
-                    watch.drive(Box::pin(conn)).await
+                    watch.drive(conn).await
                 }
             }
         }))
@@ -453,16 +453,6 @@ where
     }
     fn head_too_large(err: &hyper::Error) -> bool {
         err.is_parse_too_large()
-    }
-}
-
-impl<C: GracefulConnection> GracefulConnection for Pin<Box<C>> {
-    type Error = C::Error;
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        self.get_mut().as_mut().graceful_shutdown();
-    }
-    fn head_too_large(err: &C::Error) -> bool {
-        C::head_too_large(err)
     }
 }
 
