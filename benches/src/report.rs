@@ -91,6 +91,8 @@ pub(crate) struct SseRow {
     open_at_rss_read: Option<usize>,
     /// The proxy's RSS after the streams closed minus before they opened, per stream, KiB.
     kib_per_stream_after_close: Option<f64>,
+    /// CPU time the proxy spent per event while every stream was open, µs.
+    cpu_us_per_event: Option<f64>,
 }
 
 impl SseRow {
@@ -111,6 +113,7 @@ impl SseRow {
             kib_per_stream: run.memory.map(|m| m.kib_per_open_stream()),
             open_at_rss_read: run.memory.map(|m| m.open_streams),
             kib_per_stream_after_close: run.memory.map(|m| m.kib_per_closed_stream()),
+            cpu_us_per_event: run.cpu_us_per_event,
         }
     }
 
@@ -145,11 +148,16 @@ impl SseRow {
             self.kib_per_stream = other.kib_per_stream;
             self.kib_per_stream_after_close = other.kib_per_stream_after_close;
         }
+        // CPU per event: the lowest of the rounds, as the HTTP rows keep their best round.
+        self.cpu_us_per_event = match (self.cpu_us_per_event, other.cpu_us_per_event) {
+            (Some(mine), Some(theirs)) => Some(mine.min(theirs)),
+            (mine, theirs) => mine.or(theirs),
+        };
     }
 
     pub(crate) fn summary(&self) -> String {
         format!(
-            "  SSE streams={:<5} {:<15} opened {:>5} events {:>7}  p50 {:>6} µs  p99 {:>6} µs  KiB/stream open {} after close {}",
+            "  SSE streams={:<5} {:<15} opened {:>5} events {:>7}  p50 {:>6} µs  p99 {:>6} µs  KiB/stream open {} after close {}  CPU/event {} µs",
             self.streams,
             self.target,
             self.opened,
@@ -157,7 +165,8 @@ impl SseRow {
             self.p50_us,
             self.p99_us,
             self.kib_open(),
-            kib(self.kib_per_stream_after_close),
+            tenths(self.kib_per_stream_after_close),
+            tenths(self.cpu_us_per_event),
         )
     }
 
@@ -165,7 +174,7 @@ impl SseRow {
     fn kib_open(&self) -> String {
         match (self.kib_per_stream, self.open_at_rss_read) {
             (Some(k), Some(open)) if open != self.streams => format!("{k:.1} ({open} open)"),
-            (k, _) => kib(k),
+            (k, _) => tenths(k),
         }
     }
 }
@@ -551,8 +560,8 @@ impl Report {
     }
 
     fn print_sse(&self) {
-        println!("| SSE streams | event every | target | streams opened | events | delay p50 µs | delay p99 µs | added p50 µs | added p99 µs | proxy KiB per open stream | KiB per stream still held after close |");
-        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| SSE streams | event every | target | streams opened | events | delay p50 µs | delay p99 µs | added p50 µs | added p99 µs | proxy KiB per open stream | KiB per stream still held after close | proxy CPU µs per event |");
+        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for row in &self.sse {
             let direct = self.sse_row(row.streams, "direct");
             let added = |f: fn(&SseRow) -> u64| {
@@ -562,7 +571,7 @@ impl Report {
                 )
             };
             println!(
-                "| {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.streams,
                 row.interval_ms,
                 row.target,
@@ -573,7 +582,8 @@ impl Report {
                 added(|r| r.p50_us),
                 added(|r| r.p99_us),
                 row.kib_open(),
-                kib(row.kib_per_stream_after_close),
+                tenths(row.kib_per_stream_after_close),
+                tenths(row.cpu_us_per_event),
             );
         }
         println!();
@@ -626,7 +636,8 @@ fn ratio(value: f64, base: f64) -> String {
 }
 
 /// A KiB figure with one decimal, or `-`.
-fn kib(value: Option<f64>) -> String {
+/// An optional figure to one decimal, `-` when absent.
+fn tenths(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |k| format!("{k:.1}"))
 }
 
@@ -662,6 +673,7 @@ mod tests {
             kib_per_stream: Some(kib),
             open_at_rss_read: Some(opened),
             kib_per_stream_after_close: Some(after),
+            cpu_us_per_event: None,
         }
     }
 
@@ -674,6 +686,21 @@ mod tests {
         // The highest round's memory, with its own figure after close.
         assert_eq!(kept.kib_per_stream, Some(7.9));
         assert_eq!(kept.kib_per_stream_after_close, Some(0.5));
+    }
+
+    #[test]
+    fn a_row_keeps_the_lowest_cpu_per_event_of_its_rounds() {
+        let with_cpu = |us: Option<f64>| SseRow {
+            cpu_us_per_event: us,
+            ..row(1000, 2000, 7.5, 1.0)
+        };
+        let mut kept = with_cpu(None);
+        kept.keep_best(&with_cpu(Some(30.0)));
+        assert_eq!(kept.cpu_us_per_event, Some(30.0));
+        kept.keep_best(&with_cpu(Some(24.5)));
+        kept.keep_best(&with_cpu(Some(41.0)));
+        kept.keep_best(&with_cpu(None));
+        assert_eq!(kept.cpu_us_per_event, Some(24.5));
     }
 
     #[test]

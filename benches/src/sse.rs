@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -40,6 +40,11 @@ pub(crate) struct SseRun {
     pub(crate) delays: Histogram<u64>,
     /// The proxy's memory around the run (`None` without a proxy).
     pub(crate) memory: Option<SseMemory>,
+    /// CPU time (user + system) the proxy's processes spent per event delivered while every
+    /// stream was open: from the memory sample to the first stream's end, so that neither
+    /// the streams' opening nor their closing is counted (`None` without a proxy, or when
+    /// fewer events than streams arrived in that time).
+    pub(crate) cpu_us_per_event: Option<f64>,
 }
 
 /// The proxy's RSS before the streams opened, while they were open, and after they closed.
@@ -86,13 +91,14 @@ pub(crate) async fn run(
     let life = interval * (events as u32 + 1);
     let before = proxy.map(Target::rss_kib);
     let opened = Arc::new(AtomicUsize::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
     let all_open = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     for stream in 0..streams {
         let path = format!(
             "/kestra/api/v1/main/executions/bench-{stream}/follow?events={events}&interval_ms={interval_ms}"
         );
-        let (opened, all_open) = (opened.clone(), all_open.clone());
+        let (opened, all_open, delivered) = (opened.clone(), all_open.clone(), delivered.clone());
         // Streams open spread over the window, so their events are spread
         // evenly in time instead of arriving in bursts of `streams`.
         let stagger = window.mul_f64(stream as f64 / streams as f64);
@@ -104,7 +110,7 @@ pub(crate) async fn run(
                     all_open.notify_one();
                 }
             };
-            tokio::time::timeout(limit, follow(addr, path, on_first_event))
+            tokio::time::timeout(limit, follow(addr, path, on_first_event, &delivered))
                 .await
                 .unwrap_or_else(|_| new_histogram())
         });
@@ -119,8 +125,22 @@ pub(crate) async fn run(
         tokio::time::sleep(interval.min(Duration::from_millis(500))).await;
         open_sample = Some((proxy.rss_kib(), opened.load(Ordering::Acquire)));
     }
+    let steady_from = open_sample
+        .and(proxy)
+        .map(|proxy| (proxy.cpu_time(), delivered.load(Ordering::Acquire)));
+    let mut cpu_us_per_event = None;
     let mut delays = new_histogram();
     while let Some(joined) = tasks.join_next().await {
+        if let (Some((cpu, events)), Some(proxy)) = (steady_from, proxy) {
+            if cpu_us_per_event.is_none() {
+                // The first stream has ended: the steady state is over.
+                let events = delivered.load(Ordering::Acquire).saturating_sub(events);
+                let cpu = proxy.cpu_time().saturating_sub(cpu);
+                cpu_us_per_event = Some(
+                    (events >= streams as u64).then(|| cpu.as_secs_f64() * 1e6 / events as f64),
+                );
+            }
+        }
         if let Ok(h) = joined {
             let _ = delays.add(&h);
         }
@@ -141,6 +161,7 @@ pub(crate) async fn run(
         opened: opened.load(Ordering::Acquire),
         delays,
         memory,
+        cpu_us_per_event: cpu_us_per_event.flatten(),
     }
 }
 
@@ -150,8 +171,14 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// One follow stream read to its end; each event's delay recorded.
-async fn follow(addr: SocketAddr, path: String, on_first_event: impl FnOnce()) -> Histogram<u64> {
+/// One follow stream read to its end; each event's delay recorded, and counted in
+/// `delivered`.
+async fn follow(
+    addr: SocketAddr,
+    path: String,
+    on_first_event: impl FnOnce(),
+    delivered: &AtomicU64,
+) -> Histogram<u64> {
     let mut histogram = new_histogram();
     let Ok(stream) = TcpStream::connect(addr).await else {
         return histogram;
@@ -187,6 +214,7 @@ async fn follow(addr: SocketAddr, path: String, on_first_event: impl FnOnce()) -
                 .ok()
                 .and_then(|d| d.parse::<u64>().ok());
             if let Some(sent) = sent {
+                delivered.fetch_add(1, Ordering::Relaxed);
                 match on_first_event.take() {
                     Some(notify) => notify(),
                     None => {
