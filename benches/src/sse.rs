@@ -43,7 +43,7 @@ pub(crate) struct SseRun {
     /// CPU time (user + system) the proxy's processes spent per event delivered while every
     /// stream was open: from the memory sample to the first stream's end, so that neither
     /// the streams' opening nor their closing is counted (`None` without a proxy, or when
-    /// fewer events than streams arrived in that time).
+    /// fewer events than half the streams arrived in that time).
     pub(crate) cpu_us_per_event: Option<f64>,
 }
 
@@ -131,13 +131,18 @@ pub(crate) async fn run(
     let mut cpu_us_per_event = None;
     let mut delays = new_histogram();
     while let Some(joined) = tasks.join_next().await {
-        if let (Some((cpu, events)), Some(proxy)) = (steady_from, proxy) {
+        // A stream that never opened ends at once with no event: it does not end the
+        // steady state.
+        let ended_open = matches!(&joined, Ok(h) if !h.is_empty());
+        if let (Some((cpu, events)), Some(proxy), true) = (steady_from, proxy, ended_open) {
             if cpu_us_per_event.is_none() {
-                // The first stream has ended: the steady state is over.
+                // The first stream that was open has ended: the steady state is over.
                 let events = delivered.load(Ordering::Acquire).saturating_sub(events);
                 let cpu = proxy.cpu_time().saturating_sub(cpu);
+                // At least an event for every other stream, so that a clock tick (10 ms)
+                // is a small part of the figure.
                 cpu_us_per_event = Some(
-                    (events >= streams as u64).then(|| cpu.as_secs_f64() * 1e6 / events as f64),
+                    (events >= streams as u64 / 2).then(|| cpu.as_secs_f64() * 1e6 / events as f64),
                 );
             }
         }
