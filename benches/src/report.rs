@@ -635,7 +635,6 @@ fn ratio(value: f64, base: f64) -> String {
     }
 }
 
-/// A KiB figure with one decimal, or `-`.
 /// An optional figure to one decimal, `-` when absent.
 fn tenths(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |k| format!("{k:.1}"))

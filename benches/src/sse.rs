@@ -41,9 +41,9 @@ pub(crate) struct SseRun {
     /// The proxy's memory around the run (`None` without a proxy).
     pub(crate) memory: Option<SseMemory>,
     /// CPU time (user + system) the proxy's processes spent per event delivered while every
-    /// stream was open: from the memory sample to the first stream's end, so that neither
-    /// the streams' opening nor their closing is counted (`None` without a proxy, or when
-    /// fewer events than half the streams arrived in that time).
+    /// stream was open: from the memory sample to the end of the first stream that was open,
+    /// so that neither the streams' opening nor their closing is counted (`None` without a
+    /// proxy, or when fewer events than half the streams arrived in that time).
     pub(crate) cpu_us_per_event: Option<f64>,
 }
 
