@@ -125,26 +125,24 @@ pub(crate) async fn run(
         tokio::time::sleep(interval.min(Duration::from_millis(500))).await;
         open_sample = Some((proxy.rss_kib(), opened.load(Ordering::Acquire)));
     }
-    let steady_from = open_sample
+    // The proxy's CPU time and the events delivered when every stream was open; taken once
+    // the first stream that was open ends.
+    let mut steady = open_sample
         .and(proxy)
-        .map(|proxy| (proxy.cpu_time(), delivered.load(Ordering::Acquire)));
+        .map(|proxy| (proxy, proxy.cpu_time(), delivered.load(Ordering::Acquire)));
     let mut cpu_us_per_event = None;
     let mut delays = new_histogram();
     while let Some(joined) = tasks.join_next().await {
         // A stream that never opened ends at once with no event: it does not end the
         // steady state.
         let ended_open = matches!(&joined, Ok(h) if !h.is_empty());
-        if let (Some((cpu, events)), Some(proxy), true) = (steady_from, proxy, ended_open) {
-            if cpu_us_per_event.is_none() {
-                // The first stream that was open has ended: the steady state is over.
-                let events = delivered.load(Ordering::Acquire).saturating_sub(events);
-                let cpu = proxy.cpu_time().saturating_sub(cpu);
-                // At least an event for every other stream, so that a clock tick (10 ms)
-                // is a small part of the figure.
-                cpu_us_per_event = Some(
-                    (events >= streams as u64 / 2).then(|| cpu.as_secs_f64() * 1e6 / events as f64),
-                );
-            }
+        if let Some((proxy, cpu, events)) = steady.take_if(|_| ended_open) {
+            let events = delivered.load(Ordering::Acquire).saturating_sub(events);
+            let cpu = proxy.cpu_time().saturating_sub(cpu);
+            // At least an event for every other stream, so that a clock tick (10 ms) is a
+            // small part of the figure.
+            cpu_us_per_event =
+                (events >= streams as u64 / 2).then(|| cpu.as_secs_f64() * 1e6 / events as f64);
         }
         if let Ok(h) = joined {
             let _ = delays.add(&h);
@@ -166,7 +164,7 @@ pub(crate) async fn run(
         opened: opened.load(Ordering::Acquire),
         delays,
         memory,
-        cpu_us_per_event: cpu_us_per_event.flatten(),
+        cpu_us_per_event,
     }
 }
 
